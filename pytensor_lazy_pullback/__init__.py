@@ -1,0 +1,42 @@
+"""Lazy, graph-level pullbacks for un-lowered PyTensor graphs.
+
+Importing this package (once is enough; it is idempotent) makes
+:func:`pytensor.grad` work on graphs that still hold un-lowered
+:mod:`pytensor.xtensor` Ops.  Each region of such Ops that the gradient passes
+through becomes a single :class:`LazyPullback` node, which the
+``expand_lazy_pullback`` rewrite turns into the ordinary tensor pullback when
+the gradient is compiled (or rewritten with ``lower_xtensor``).
+
+Upstream home: the pieces are spread over PyTensor's tree as each module's
+docstring says; this ``__init__`` is the add-on's public face only.
+"""
+
+from pytensor_lazy_pullback.op import LazyPullback, LazyPullbackNotExpandedError
+from pytensor_lazy_pullback.rewriting import (
+    LazyPullbackExpansionError,
+    expand_lazy_pullback,
+    expand_lazy_pullbacks,
+)
+from pytensor_lazy_pullback import xtensor as _xtensor  # noqa: F401  (registrations)
+from pytensor_lazy_pullback.integration import (
+    disable,
+    enable,
+    integration_disabled,
+    is_enabled,
+)
+
+__all__ = [
+    "LazyPullback",
+    "LazyPullbackExpansionError",
+    "LazyPullbackNotExpandedError",
+    "disable",
+    "enable",
+    "expand_lazy_pullback",
+    "expand_lazy_pullbacks",
+    "integration_disabled",
+    "is_enabled",
+]
+
+__version__ = "0.1.0"
+
+enable()

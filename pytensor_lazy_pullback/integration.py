@@ -1,0 +1,247 @@
+"""Integration with :mod:`pytensor.gradient`: the one module touching PyTensor internals.
+
+Upstream home: these few lines would go straight into ``pytensor/gradient.py``
+(``_populate_grad_dict``, ``_float_zeros_like`` and ``_float_ones_like``).
+
+:func:`pytensor.grad` (and everything built on it: ``pullback``,
+``pushforward``, ``jacobian``, ``hessian``, ``verify_grad``, the gradients of
+``OpFromGraph`` and ``Scan``) maps every variable between ``wrt`` and the cost
+to the nodes that consume it, then asks each node for its pullback in
+``_populate_grad_dict``.  :func:`enable` wraps that step: it finds the regions
+of un-lowered nodes in the map (:mod:`pytensor_lazy_pullback.regions`) and
+replaces each by a single stand-in node whose pullback is one
+:class:`~pytensor_lazy_pullback.LazyPullback`.  Because ``grad`` looks these
+helpers up in its module at every call, this works however ``grad`` was
+imported, and whenever the graph was built.
+
+It also wraps ``_float_zeros_like`` and ``_float_ones_like``, which ``grad``
+uses for disconnected inputs and for the cost's seed, so that types with
+registered cotangent rules (labelled arrays) get zeros and ones of their kind.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytensor
+import pytensor.gradient as gradient
+from pytensor.gradient import DisconnectedType, disconnected_type, grad_undefined
+from pytensor.graph.null_type import NullType
+from pytensor.graph.op import io_connection_pattern
+
+from pytensor_lazy_pullback.op import LazyPullback
+from pytensor_lazy_pullback.regions import Region, find_regions
+from pytensor_lazy_pullback.registry import cotangent_rules
+
+__all__ = ["disable", "enable", "is_enabled", "integration_disabled"]
+
+SUPPORTED_PYTENSOR = ((3, 3), (3, 4))
+"""PyTensor versions (``[low, high)``, major and minor) whose internals this
+module was written against."""
+
+_EXPECTED_SIGNATURES = {
+    "_populate_grad_dict": ["var_to_app_to_idx", "grad_dict", "wrt", "cost_name"],
+    "_float_zeros_like": ["x"],
+    "_float_ones_like": ["x"],
+}
+
+_originals: dict[str, object] = {}
+
+
+def _check_internals() -> None:
+    """Raise ImportError unless ``pytensor.gradient`` is what this module expects."""
+    version = tuple(int(part) for part in pytensor.__version__.split(".")[:2])
+    low, high = SUPPORTED_PYTENSOR
+    problems = []
+    if not low <= version < high:
+        problems.append(
+            f"pytensor {pytensor.__version__} is outside the supported range "
+            f">={'.'.join(map(str, low))},<{'.'.join(map(str, high))}"
+        )
+    for name, params in _EXPECTED_SIGNATURES.items():
+        func = _originals.get(name, getattr(gradient, name, None))
+        if func is None:
+            problems.append(f"pytensor.gradient.{name} does not exist")
+        elif list(inspect.signature(func).parameters) != params:
+            problems.append(
+                f"pytensor.gradient.{name} has parameters "
+                f"{list(inspect.signature(func).parameters)}, expected {params}"
+            )
+    if problems:
+        raise ImportError(
+            "pytensor_lazy_pullback cannot integrate with this PyTensor: "
+            + "; ".join(problems)
+            + ". PyTensor itself is unaffected; install a supported version "
+            "(see the package's requirements) to differentiate un-lowered graphs."
+        )
+
+
+def enable() -> None:
+    """Make :func:`pytensor.grad` differentiate un-lowered graphs lazily.
+
+    Idempotent.  Raises `ImportError` (and changes nothing) on a PyTensor whose
+    internals differ from those this package was written against.
+    """
+    if _originals:
+        return
+    _check_internals()
+    replacements = {
+        "_populate_grad_dict": _populate_grad_dict,
+        "_float_zeros_like": _float_zeros_like,
+        "_float_ones_like": _float_ones_like,
+    }
+    for name, replacement in replacements.items():
+        _originals[name] = getattr(gradient, name)
+        setattr(gradient, name, replacement)
+
+
+def disable() -> None:
+    """Restore PyTensor's own gradient machinery.  Idempotent."""
+    for name, original in _originals.items():
+        setattr(gradient, name, original)
+    _originals.clear()
+
+
+def is_enabled() -> bool:
+    """Whether :func:`enable` is in effect."""
+    return bool(_originals)
+
+
+@contextmanager
+def integration_disabled() -> Iterator[None]:
+    """Context manager running its body with PyTensor's own gradient machinery."""
+    was_enabled = is_enabled()
+    disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            enable()
+
+
+def _populate_grad_dict(var_to_app_to_idx, grad_dict, wrt, cost_name=None):
+    for var, cotangent in list(grad_dict.items()):
+        rules = cotangent_rules(var)
+        if rules is not None and not isinstance(
+            cotangent.type, DisconnectedType | NullType
+        ):
+            grad_dict[var] = rules.align(var, cotangent)
+    regions = find_regions(
+        var_to_app_to_idx, cuts={*wrt, *grad_dict}, seeded=grad_dict.keys()
+    )
+    if regions:
+        var_to_app_to_idx = _collapse(var_to_app_to_idx, regions)
+    return _originals["_populate_grad_dict"](var_to_app_to_idx, grad_dict, wrt, cost_name)
+
+
+def _float_zeros_like(x):
+    rules = cotangent_rules(x)
+    if rules is not None:
+        return rules.zeros_like(x)
+    return _originals["_float_zeros_like"](x)
+
+
+def _float_ones_like(x):
+    rules = cotangent_rules(x)
+    if rules is not None:
+        return rules.ones_like(x)
+    return _originals["_float_ones_like"](x)
+
+
+def _collapse(var_to_app_to_idx, regions: list[Region]):
+    """Rewrite the variable-to-consumers map so each region is one stand-in node."""
+    stand_in_of = {}
+    for region in regions:
+        stand_in = _RegionNode(region)
+        for node in region.nodes:
+            stand_in_of[node] = stand_in
+    collapsed = {}
+    for var, apps in var_to_app_to_idx.items():
+        producer = stand_in_of.get(var.owner)
+        if producer is not None and var not in producer.output_set:
+            continue  # interior to a region: never asked for its gradient
+        new_apps: dict = {}
+        for app, positions in apps.items():
+            stand_in = stand_in_of.get(app)
+            if stand_in is None:
+                new_apps[app] = positions
+            else:
+                new_apps.setdefault(stand_in, [stand_in.input_position[var]])
+        collapsed[var] = new_apps
+    return collapsed
+
+
+class _RegionNode:
+    """Stands in, for ``grad``'s bookkeeping only, for a whole region.
+
+    It has what ``grad`` reads of an `Apply` (``op``, ``inputs``, ``outputs``)
+    but is never part of a graph: the user's graph is not touched.
+    """
+
+    def __init__(self, region: Region):
+        self.op = _RegionPullback(region)
+        self.inputs = region.inputs
+        self.outputs = region.outputs
+        self.output_set = set(region.outputs)
+        self.input_position = {var: i for i, var in enumerate(region.inputs)}
+
+
+class _RegionPullback:
+    """The pullback of a region: one `LazyPullback`, built without lowering."""
+
+    destroy_map: dict = {}
+
+    def __init__(self, region: Region):
+        self.region = region
+        self._pattern = None
+
+    def __str__(self):
+        return f"the {self.region}"
+
+    def connection_pattern(self, node):
+        if self._pattern is None:
+            structural = io_connection_pattern(self.region.inputs, self.region.outputs)
+            self._pattern = [
+                [
+                    connected and (differentiable or undefined is not None)
+                    for connected in row
+                ]
+                for row, differentiable, undefined in zip(
+                    structural,
+                    self.region.differentiable,
+                    self.region.undefined,
+                    strict=True,
+                )
+            ]
+        return self._pattern
+
+    def pullback(self, inputs, outputs, output_grads):
+        region = self.region
+        pattern = self.connection_pattern(None)
+        live = [
+            j
+            for j, g in enumerate(output_grads)
+            if not isinstance(g.type, DisconnectedType | NullType)
+        ]
+        grads = [disconnected_type() for _ in inputs]
+        wrt = []
+        for i, inp in enumerate(inputs):
+            if not any(pattern[i][j] for j in live):
+                continue
+            if region.undefined[i] is not None:
+                grads[i] = grad_undefined(self, i, inp, region.undefined[i])
+            else:
+                wrt.append(i)
+        if wrt:
+            cotangents = [_align(outputs[j], output_grads[j]) for j in live]
+            op = LazyPullback.from_graph(inputs, [outputs[j] for j in live], wrt)
+            for i, g in zip(wrt, op(*inputs, *cotangents, return_list=True), strict=True):
+                grads[i] = g
+        return grads
+
+
+def _align(var, cotangent):
+    rules = cotangent_rules(var)
+    return cotangent if rules is None else rules.align(var, cotangent)

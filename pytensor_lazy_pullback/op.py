@@ -1,0 +1,159 @@
+"""The `LazyPullback` Op: the pullback of an un-lowered region, not yet built.
+
+Upstream home: ``pytensor/gradient_lazy.py`` (or a ``LazyPullback`` class in
+``pytensor/gradient.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pytensor.graph.basic import Apply, Variable
+from pytensor.graph.fg import FrozenFunctionGraph
+from pytensor.graph.null_type import NullType
+from pytensor.graph.op import HasInnerGraph, Op
+from pytensor.gradient import DisconnectedType, disconnected_type
+from pytensor.tensor.type import continuous_dtypes
+
+from pytensor_lazy_pullback.registry import cotangent_rules
+
+__all__ = ["LazyPullback", "LazyPullbackNotExpandedError"]
+
+
+class LazyPullbackNotExpandedError(NotImplementedError):
+    """Raised when a `LazyPullback` reaches a linker without being expanded."""
+
+
+class LazyPullback(HasInnerGraph, Op):
+    r"""The pullback (vector-Jacobian product) of a region, built at compile time.
+
+    :func:`pytensor.grad` creates one `LazyPullback` for each region of
+    un-lowered nodes (for instance :mod:`pytensor.xtensor` Ops) that the
+    gradient passes through, instead of calling the pullback of every node.
+    The ``expand_lazy_pullback`` rewrite, which runs during compilation just
+    before the un-lowered Ops are lowered, lowers a private copy of the region
+    and replaces this node by the ordinary pullback of the lowered graph.
+
+    The inner graph (shown by :func:`pytensor.dprint`) is the region itself:
+    its inputs are the region's inputs and its outputs are the region's
+    outputs.
+
+    Parameters
+    ----------
+    fgraph
+        The region, frozen.
+    wrt
+        Positions of the region inputs whose cotangent this Op returns.
+
+    Notes
+    -----
+    The node's inputs are the region's inputs followed by one cotangent per
+    region output; its outputs are the cotangents of the inputs at positions
+    `wrt`, each of the same type as its input.
+    """
+
+    __props__ = ("fgraph", "wrt")
+
+    def __init__(self, fgraph: FrozenFunctionGraph, wrt: Sequence[int]):
+        if not isinstance(fgraph, FrozenFunctionGraph):
+            raise TypeError(
+                f"LazyPullback needs a FrozenFunctionGraph, got {type(fgraph).__name__}"
+            )
+        self.fgraph = fgraph
+        self.wrt = tuple(int(i) for i in wrt)
+        n_inputs = len(fgraph.inputs)
+        if any(not 0 <= i < n_inputs for i in self.wrt):
+            raise ValueError(f"wrt positions {self.wrt} out of range for {n_inputs} inputs")
+
+    @classmethod
+    def from_graph(
+        cls,
+        inputs: Sequence[Variable],
+        outputs: Sequence[Variable],
+        wrt: Sequence[int],
+    ) -> LazyPullback:
+        """Freeze the graph between `inputs` and `outputs` into a `LazyPullback`.
+
+        The graph is copied; `inputs` and `outputs` are left untouched.
+        """
+        return cls(FrozenFunctionGraph.from_io(inputs, outputs), wrt)
+
+    def __str__(self):
+        ops = dict.fromkeys(type(node.op).__name__ for node in self.fgraph.toposort())
+        return f"LazyPullback{{{', '.join(ops)}}}"
+
+    def make_node(self, *inputs: Variable) -> Apply:
+        inner_inputs = self.fgraph.inputs
+        inner_outputs = self.fgraph.outputs
+        n_in, n_out = len(inner_inputs), len(inner_outputs)
+        if len(inputs) != n_in + n_out:
+            raise TypeError(
+                f"{self} expects {n_in} region input(s) followed by {n_out} "
+                f"cotangent(s), got {len(inputs)} variable(s)"
+            )
+        region_inputs = [
+            inner.type.filter_variable(outer)
+            for inner, outer in zip(inner_inputs, inputs[:n_in], strict=True)
+        ]
+        cotangents = [
+            _align_cotangent(inner, cotangent)
+            for inner, cotangent in zip(inner_outputs, inputs[n_in:], strict=True)
+        ]
+        outputs = [inner_inputs[i].type() for i in self.wrt]
+        return Apply(self, [*region_inputs, *cotangents], outputs)
+
+    def infer_shape(self, fgraph, node, input_shapes):
+        return [input_shapes[i] for i in self.wrt]
+
+    def pullback(self, inputs, outputs, output_grads):
+        """Return the pullback of this pullback: another, equally lazy, `LazyPullback`.
+
+        Its region is this very node, applied to fresh inputs, so the
+        second-order graph is only built when it is expanded.
+        """
+        connected = [
+            j
+            for j, g in enumerate(output_grads)
+            if not isinstance(g.type, DisconnectedType | NullType)
+        ]
+        grads: list[Variable] = [disconnected_type() for _ in inputs]
+        wrt = [
+            i
+            for i, inp in enumerate(inputs)
+            if getattr(inp.type, "dtype", None) in continuous_dtypes
+        ]
+        if not connected or not wrt:
+            return grads
+        fresh = [inp.type() for inp in inputs]
+        fresh_outputs = self(*fresh, return_list=True)
+        second = LazyPullback.from_graph(fresh, [fresh_outputs[j] for j in connected], wrt)
+        results = second(*inputs, *(output_grads[j] for j in connected), return_list=True)
+        for i, g in zip(wrt, results, strict=True):
+            grads[i] = g
+        return grads
+
+    def clone(self):
+        # The inner graph is frozen: there is nothing to copy.
+        return self
+
+    def perform(self, node, inputs, output_storage):
+        raise LazyPullbackNotExpandedError(
+            f"{self} reached a linker without being expanded. It is expanded by the "
+            "'expand_lazy_pullback' rewrite, which every standard mode runs (tags "
+            "'fast_run', 'fast_compile', 'minimum_compile'). If you built a mode "
+            "that excludes it, include it again, or expand the graph first with "
+            "pytensor_lazy_pullback.expand_lazy_pullbacks(outputs)."
+        )
+
+
+def _align_cotangent(output: Variable, cotangent: Variable) -> Variable:
+    """Arrange `cotangent` like `output`, by the rules registered for its type."""
+    rules = cotangent_rules(output)
+    if rules is not None:
+        return rules.align(output, cotangent)
+    if getattr(cotangent.type, "ndim", None) != getattr(output.type, "ndim", None):
+        raise TypeError(
+            f"The cotangent {cotangent} of type {cotangent.type} does not match "
+            f"the region output {output} of type {output.type}"
+        )
+    return cotangent

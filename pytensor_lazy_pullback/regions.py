@@ -1,0 +1,205 @@
+"""Partition the un-lowered part of a gradient graph into convex regions.
+
+Upstream home: ``pytensor/graph/lowering.py``, next to the registry (see
+:mod:`pytensor_lazy_pullback.registry`).
+
+A *region* is a maximal connected group of un-lowered nodes between the
+variables being differentiated and the cost that is *convex*: no
+gradient-carrying path leaves the region through an ordinary node (or a cut
+variable) and comes back into it.  Collapsing a convex region into one node
+therefore never creates a cycle, so :func:`pytensor.grad` can treat it as one
+node whose pullback is a single :class:`~pytensor_lazy_pullback.LazyPullback`.
+
+Convexity is obtained by giving each node its *crossing level*: the largest
+number of ordinary nodes and cut variables passed through on any path from the
+graph's inputs.  A path that leaves a region and comes back crosses at least
+once more, so regions are the connected components of un-lowered nodes of equal
+level.  Everything is computed in one iterative pass over the nodes that carry
+gradient (no recursion, so deep graphs are fine).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from pytensor.graph.basic import Apply, Constant, Variable
+from pytensor.tensor.type import continuous_dtypes
+
+from pytensor_lazy_pullback.registry import (
+    absorbed_into_region,
+    is_unlowered,
+    undefined_gradient_reason,
+)
+
+__all__ = ["Region", "find_regions"]
+
+
+@dataclass(eq=False)
+class Region:
+    """One convex group of un-lowered nodes, seen from the outer graph.
+
+    Attributes
+    ----------
+    nodes
+        The region's nodes in topological order, including the nodes pulled in
+        because the lowering must see them (see
+        :func:`~pytensor_lazy_pullback.registry.register_absorbed_op`).
+    inputs
+        The non-constant variables the region reads from the outer graph.
+    outputs
+        The region's variables that receive a cotangent from outside it.
+    differentiable
+        For each input, whether a gradient flows into it through the region
+        (it depends on a ``wrt`` variable and has a floating-point dtype).
+    undefined
+        For each input, why its gradient is undefined (it reaches an Op
+        registered with an undefined gradient), or ``None``.
+    """
+
+    nodes: list[Apply]
+    inputs: list[Variable] = field(default_factory=list)
+    outputs: list[Variable] = field(default_factory=list)
+    differentiable: list[bool] = field(default_factory=list)
+    undefined: list[str | None] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        ops = ", ".join(dict.fromkeys(str(node.op) for node in self.nodes))
+        return f"region of {len(self.nodes)} node(s) [{ops}]"
+
+
+def find_regions(
+    consumers: Mapping[Variable, Mapping[Apply, Sequence[int]]],
+    cuts: Collection[Variable],
+    seeded: Collection[Variable],
+) -> list[Region]:
+    """Find the regions of un-lowered nodes on the gradient's path.
+
+    Parameters
+    ----------
+    consumers
+        For each variable that carries gradient, the nodes on the gradient's
+        path that consume it (and at which input positions), as built by
+        :func:`pytensor.grad`.
+    cuts
+        Variables that must not be interior to a region (``wrt``,
+        ``consider_constant`` and ``known_grads`` keys, the cost).
+    seeded
+        Variables whose cotangent is given from outside the graph (the cost,
+        ``known_grads`` keys): a region producing one outputs it.
+
+    Returns
+    -------
+    list of Region
+        In topological order; empty if no un-lowered node carries gradient.
+    """
+    path = dict.fromkeys(node for apps in consumers.values() for node in apps)
+    if not any(is_unlowered(node) for node in path):
+        return []
+
+    order, level = _topological_levels(path, cuts)
+    parent = {node: node for node in order if is_unlowered(node)}
+
+    def find(node):
+        while parent[node] is not node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    for node in parent:
+        for inp in node.inputs:
+            owner = inp.owner
+            if owner in parent and inp not in cuts and level[owner] == level[node]:
+                parent[find(owner)] = find(node)
+
+    groups: dict[Apply, list[Apply]] = {}
+    for node in parent:
+        groups.setdefault(find(node), []).append(node)
+    return [_describe(nodes, consumers, seeded) for nodes in groups.values()]
+
+
+def _topological_levels(path, cuts):
+    """Order `path`'s nodes topologically and give each its crossing level."""
+    level: dict[Apply, int] = {}
+    order: list[Apply] = []
+    for root in path:
+        stack = [(root, False)]
+        while stack:
+            node, ready = stack.pop()
+            if node in level:
+                continue
+            if not ready:
+                stack.append((node, True))
+                stack.extend(
+                    (inp.owner, False)
+                    for inp in node.inputs
+                    if inp.owner in path and inp.owner not in level
+                )
+                continue
+            node_level = 0
+            for inp in node.inputs:
+                owner = inp.owner
+                if owner in path:
+                    crossed = (not is_unlowered(owner)) + (inp in cuts)
+                    node_level = max(node_level, level[owner] + crossed)
+            level[node] = node_level
+            order.append(node)
+    return order, level
+
+
+def _describe(members, consumers, seeded) -> Region:
+    """Find a region's inputs, outputs and per-input gradient facts."""
+    member_set = set(members)
+    absorbed: list[Apply] = []
+    inputs: dict[Variable, None] = {}
+
+    def read(var):
+        if isinstance(var, Constant) or var.owner in member_set:
+            return
+        owner = var.owner
+        if owner is not None and absorbed_into_region(owner):
+            member_set.add(owner)
+            absorbed.append(owner)
+            for inp in owner.inputs:
+                read(inp)
+        else:
+            inputs.setdefault(var)
+
+    for node in members:
+        for inp in node.inputs:
+            read(inp)
+
+    outputs = [
+        out
+        for node in members
+        for out in node.outputs
+        if out in seeded
+        or any(app not in member_set for app in consumers.get(out, ()))
+    ]
+    region = Region(nodes=absorbed[::-1] + members, outputs=outputs)
+    region.inputs = list(inputs)
+    region.differentiable = [
+        getattr(var.type, "dtype", None) in continuous_dtypes
+        and any(app in member_set for app in consumers.get(var, ()))
+        for var in region.inputs
+    ]
+    region.undefined = _undefined_inputs(members, member_set, region.inputs)
+    return region
+
+
+def _undefined_inputs(members, member_set, inputs) -> list[str | None]:
+    """For each input, the reason its gradient is undefined, or ``None``."""
+    reason_of: dict[Variable, str] = {}
+    stack = []
+    for node in members:
+        reason = undefined_gradient_reason(node)
+        if reason is not None:
+            stack.extend((inp, f"{reason} ({node.op})") for inp in node.inputs)
+    while stack:
+        var, reason = stack.pop()
+        if var in reason_of:
+            continue
+        reason_of[var] = reason
+        if var.owner in member_set:
+            stack.extend((inp, reason) for inp in var.owner.inputs)
+    return [reason_of.get(var) for var in inputs]

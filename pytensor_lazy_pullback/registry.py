@@ -1,0 +1,162 @@
+"""What "un-lowered" means, and how un-lowered graphs are lowered and differentiated.
+
+Upstream home: ``pytensor/graph/lowering.py`` (a new module next to
+``pytensor/graph/op.py``).
+
+This module is generic: it knows nothing about any particular family of
+un-lowered Ops.  A family (such as :mod:`pytensor.xtensor`, see
+:mod:`pytensor_lazy_pullback.xtensor`) registers here
+
+* which Op types are *un-lowered*: they have no usable pullback of their own
+  and a lowering rewrite turns them into ordinary Ops
+  (:func:`register_unlowered_op`);
+* which Op types make the gradient of their inputs undefined, so that
+  :func:`pytensor.grad` can refuse at differentiation time without lowering
+  anything (:func:`register_undefined_gradient_op`);
+* which Op types must be pulled *into* a region rather than left as one of its
+  inputs, because the lowering has to see them (:func:`register_absorbed_op`);
+* how the cotangents of its own variable types are aligned to, and zeros are
+  made for, a variable (:func:`register_cotangent_type`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from pytensor.graph.basic import Apply, Variable
+from pytensor.graph.fg import FunctionGraph
+from pytensor.graph.op import Op
+from pytensor.graph.type import Type
+
+__all__ = [
+    "CotangentRules",
+    "absorbed_into_region",
+    "cotangent_rules",
+    "is_unlowered",
+    "lowerings_for",
+    "register_absorbed_op",
+    "register_cotangent_type",
+    "register_undefined_gradient_op",
+    "register_unlowered_op",
+    "undefined_gradient_reason",
+]
+
+Lowering = Callable[[FunctionGraph], None]
+"""Lowers every registered Op of a `FunctionGraph` in place."""
+
+_unlowered: dict[type[Op], Lowering] = {}
+_undefined: dict[type[Op], str] = {}
+_absorbed: set[type[Op]] = set()
+_cotangent_rules: dict[type[Type], CotangentRules] = {}
+
+
+@dataclass(frozen=True)
+class CotangentRules:
+    """How cotangents of variables of one `Type` class are handled.
+
+    Attributes
+    ----------
+    align
+        ``align(var, cotangent)`` returns `cotangent` arranged like `var` (for
+        labelled arrays: transposed so that its dims are in `var`'s order), or
+        raises a `TypeError` that names `var` and says what is expected.
+    zeros_like
+        ``zeros_like(var)`` returns a floating-point zero cotangent for `var`,
+        of `var`'s kind.
+    ones_like
+        ``ones_like(var)`` returns a floating-point cotangent of ones for `var`
+        (the seed of :func:`pytensor.grad` when `var` is the cost).
+    """
+
+    align: Callable[[Variable, Variable], Variable]
+    zeros_like: Callable[[Variable], Variable]
+    ones_like: Callable[[Variable], Variable]
+
+
+def register_unlowered_op(op_type: type[Op], lowering: Lowering) -> None:
+    """Declare that Ops of `op_type` (and subclasses) are un-lowered.
+
+    Parameters
+    ----------
+    op_type
+        The Op class.  Its instances are gathered into regions by
+        :func:`pytensor.grad` instead of having their own ``pullback`` called.
+    lowering
+        A function that, given a private `FunctionGraph`, replaces in place
+        every Op of this family by ordinary Ops.  Several Op types may share
+        one lowering; it then runs once per expansion.
+    """
+    _unlowered[op_type] = lowering
+    _unlowered_cache.clear()
+
+
+def register_undefined_gradient_op(op_type: type[Op], reason: str) -> None:
+    """Declare that the gradient through an Op of `op_type` is undefined.
+
+    :func:`pytensor.grad` then returns (or raises, per ``null_gradients``) a
+    `NullType` gradient for every region input that reaches such an Op, at
+    differentiation time, as it would after lowering.
+    """
+    _undefined[op_type] = reason
+    _undefined_cache.clear()
+
+
+def register_absorbed_op(op_type: type[Op]) -> None:
+    """Declare that Ops of `op_type` feeding a region belong inside it.
+
+    Use it for cheap, non-differentiable producers whose outputs the lowering
+    must see structurally (e.g. ``MakeSlice``: a lowering cannot index with an
+    opaque slice variable).
+    """
+    _absorbed.add(op_type)
+
+
+def register_cotangent_type(type_cls: type[Type], rules: CotangentRules) -> None:
+    """Declare how cotangents of variables whose type is a `type_cls` are handled."""
+    _cotangent_rules[type_cls] = rules
+
+
+_unlowered_cache: dict[type[Op], Lowering | None] = {}
+_undefined_cache: dict[type[Op], str | None] = {}
+
+
+def _lookup(table: dict, cache: dict, key: type):
+    try:
+        return cache[key]
+    except KeyError:
+        found = next((table[base] for base in key.__mro__ if base in table), None)
+        cache[key] = found
+        return found
+
+
+def is_unlowered(node: Apply) -> bool:
+    """Whether `node`'s Op is of a registered un-lowered family."""
+    return _lookup(_unlowered, _unlowered_cache, type(node.op)) is not None
+
+
+def lowerings_for(nodes: Iterable[Apply]) -> list[Lowering]:
+    """The distinct lowerings needed by `nodes`, in registration order."""
+    needed = {
+        _lookup(_unlowered, _unlowered_cache, type(node.op)) for node in nodes
+    }
+    return [lowering for lowering in dict.fromkeys(_unlowered.values()) if lowering in needed]
+
+
+def undefined_gradient_reason(node: Apply) -> str | None:
+    """Why the gradient through `node` is undefined, or ``None`` if it is not."""
+    return _lookup(_undefined, _undefined_cache, type(node.op))
+
+
+def absorbed_into_region(node: Apply) -> bool:
+    """Whether `node` is pulled into the region that consumes its outputs."""
+    return isinstance(node.op, tuple(_absorbed))
+
+
+def cotangent_rules(var: Variable) -> CotangentRules | None:
+    """The rules registered for `var`'s type, or ``None`` for ordinary types."""
+    for base in type(var.type).__mro__:
+        rules = _cotangent_rules.get(base)
+        if rules is not None:
+            return rules
+    return None

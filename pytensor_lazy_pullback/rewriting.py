@@ -1,0 +1,175 @@
+"""The ``expand_lazy_pullback`` rewrite: build each lazy pullback at compile time.
+
+Upstream home: ``pytensor/tensor/rewriting/lazy_pullback.py`` (registration in
+``optdb`` next to ``lower_xtensor``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pytensor.compile import optdb
+from pytensor.gradient import DisconnectedType, NullTypeGradError, pullback
+from pytensor.graph.basic import Apply, Variable, clone_get_equiv
+from pytensor.graph.fg import FunctionGraph
+from pytensor.graph.rewriting.basic import dfs_rewriter, node_rewriter
+
+from pytensor_lazy_pullback.op import LazyPullback
+from pytensor_lazy_pullback.registry import (
+    cotangent_rules,
+    is_unlowered,
+    lowerings_for,
+    register_unlowered_op,
+)
+
+__all__ = [
+    "EXPAND_POSITION",
+    "LazyPullbackExpansionError",
+    "expand_lazy_pullback",
+    "expand_lazy_pullbacks",
+]
+
+EXPAND_POSITION = 0.085
+"""Position of ``expand_lazy_pullback`` in ``optdb``: after ``merge1`` (0), so
+identical lazy pullbacks are merged first, and before ``lower_xtensor`` (0.09),
+so the forward regions are lowered together with the expanded gradients."""
+
+
+class LazyPullbackExpansionError(NotImplementedError):
+    """A `LazyPullback` cannot be expanded (its region cannot be lowered or differentiated)."""
+
+
+def expand_node(node: Apply) -> list[Variable]:
+    """Return the ordinary pullback graph that replaces a `LazyPullback` node.
+
+    A private copy of the node's region, on fresh inputs, is lowered (nested
+    `LazyPullback`\\ s first) and differentiated with
+    :func:`pytensor.gradient.pullback`; the node's real inputs and cotangents are
+    then substituted for the fresh ones.  Nothing of the graph holding `node`
+    is lowered or modified.
+    """
+    op: LazyPullback = node.op
+    inner = op.fgraph.unfreeze()
+    lower_graph(inner, context=node)
+
+    n_in = len(inner.inputs)
+    cotangents = node.inputs[n_in:]
+    fresh_cotangents = [cotangent.type() for cotangent in cotangents]
+    wrt = [inner.inputs[i] for i in op.wrt]
+    try:
+        grads = pullback(
+            list(inner.outputs),
+            wrt,
+            fresh_cotangents,
+            disconnected_inputs="ignore",
+            return_disconnected="disconnected",
+        )
+    except NullTypeGradError as err:
+        raise NullTypeGradError(
+            f"The gradient through {_describe(node)} is undefined once lowered: {err}"
+        ) from err
+    grads = [
+        _zeros_like(var) if isinstance(g.type, DisconnectedType) else g
+        for var, g in zip(wrt, grads, strict=True)
+    ]
+
+    memo = dict(zip([*inner.inputs, *fresh_cotangents], node.inputs, strict=True))
+    equiv = clone_get_equiv(
+        [*inner.inputs, *fresh_cotangents], grads, copy_inputs=False, memo=memo
+    )
+    return [
+        _like(out, equiv.get(g, g)) for out, g in zip(node.outputs, grads, strict=True)
+    ]
+
+
+def lower_graph(fgraph: FunctionGraph, context: Apply | None = None) -> None:
+    """Lower every un-lowered node of a private `fgraph` in place.
+
+    Runs the registered lowerings (expanding nested `LazyPullback`\\ s first)
+    until none applies, and raises `LazyPullbackExpansionError` naming the Op
+    and the variable if an un-lowered node survives.
+    """
+    for _ in range(8):
+        lowerings = lowerings_for(fgraph.apply_nodes)
+        if not lowerings:
+            return
+        for lowering in lowerings:
+            lowering(fgraph)
+    leftover = next(node for node in fgraph.toposort() if is_unlowered(node))
+    where = f" in {_describe(context)}" if context is not None else ""
+    raise LazyPullbackExpansionError(
+        f"Cannot lower {leftover.op} (producing {leftover.outputs[0]}){where}: "
+        f"no registered lowering rewrites {type(leftover.op).__name__}. Register a "
+        "lowering for this Op (for XOps, a node rewriter with "
+        "pytensor.xtensor.rewriting.utils.register_lower_xtensor), or take the "
+        "gradient of a graph that does not use it."
+    )
+
+
+@node_rewriter([LazyPullback])
+def expand_lazy_pullback(fgraph, node):
+    """Replace a `LazyPullback` by the pullback of its lowered region."""
+    return expand_node(node)
+
+
+_expand_all = dfs_rewriter(expand_lazy_pullback, ignore_newtrees=True)
+register_unlowered_op(LazyPullback, _expand_all.rewrite)
+
+optdb.register(
+    "expand_lazy_pullback",
+    _expand_all,
+    "fast_run",
+    "fast_compile",
+    "minimum_compile",
+    position=EXPAND_POSITION,
+)
+
+
+def expand_lazy_pullbacks(
+    outputs: Variable | Sequence[Variable], lower: bool = False
+) -> Variable | list[Variable]:
+    """Return a copy of a graph with every `LazyPullback` expanded, for inspection.
+
+    Parameters
+    ----------
+    outputs
+        The graph's outputs, e.g. gradients returned by :func:`pytensor.grad`.
+    lower
+        Also lower every other un-lowered Op (e.g. the xtensor forward pass), so
+        the result holds only ordinary Ops.
+
+    Returns
+    -------
+    Variable or list of Variable
+        The rewritten copy, shaped like `outputs`.  The original graph is not
+        modified.
+    """
+    single = isinstance(outputs, Variable)
+    fgraph = FunctionGraph(outputs=[outputs] if single else list(outputs), clone=True)
+    if lower:
+        lower_graph(fgraph)
+    else:
+        _expand_all.rewrite(fgraph)
+    return fgraph.outputs[0] if single else list(fgraph.outputs)
+
+
+def _describe(node: Apply) -> str:
+    region = ", ".join(
+        dict.fromkeys(str(inner.op) for inner in node.op.fgraph.toposort())
+    )
+    inputs = ", ".join(str(inp) for inp in node.inputs[: len(node.op.fgraph.inputs)])
+    return f"the lazy pullback of the region [{region}] with inputs ({inputs})"
+
+
+def _zeros_like(var: Variable) -> Variable:
+    rules = cotangent_rules(var)
+    if rules is not None:
+        return rules.zeros_like(var)
+    return var.zeros_like()
+
+
+def _like(out: Variable, value: Variable) -> Variable:
+    """Give `value` the dtype and type of the node output `out` it replaces."""
+    if value.type.dtype != out.type.dtype:
+        value = value.astype(out.type.dtype)
+    return out.type.filter_variable(value)

@@ -1,0 +1,128 @@
+"""The xtensor part: what "un-lowered" means for :mod:`pytensor.xtensor`.
+
+Upstream home: ``pytensor/xtensor/rewriting/lazy_pullback.py``.
+
+It registers, with the generic machinery of
+:mod:`pytensor_lazy_pullback.registry`,
+
+* every `XOp`, and `Rename`, as un-lowered, lowered by the ``lower_xtensor``
+  rewrites (plus :func:`lower_rename`, since ``lower_xtensor`` leaves a
+  ``Rename`` that produces a region output in place, and ``Rename.pullback``
+  is broken in PyTensor 3.3: it renames a dim literally called ``"dims"``);
+* `XRV` (random draws) as having an undefined gradient, so that
+  :func:`pytensor.grad` refuses a gradient through a draw at once, with the
+  `NullTypeGradError` the lowered graph would give;
+* ``MakeSlice`` as belonging inside a region, so the index lowering sees the
+  slice bounds;
+* how labelled cotangents are aligned to their variable's dims, **by name**,
+  and how labelled zeros and ones are made.
+
+It also puts ``expand_lazy_pullback`` into ``lower_xtensor``, so
+``rewrite_graph(grads, include=("lower_xtensor",))`` expands lazy gradients
+as well as lowering the forward graph.
+"""
+
+from __future__ import annotations
+
+from pytensor.graph.basic import Variable
+from pytensor.graph.fg import FunctionGraph
+from pytensor.graph.rewriting.basic import dfs_rewriter, node_rewriter
+from pytensor.graph.rewriting.db import RewriteDatabaseQuery
+from pytensor.tensor.type_other import MakeSlice
+from pytensor.xtensor.basic import (
+    Rename,
+    XOp,
+    tensor_from_xtensor,
+    xtensor_from_tensor,
+)
+from pytensor.xtensor.rewriting.utils import lower_xtensor_db
+from pytensor.xtensor.shape import ones_like, zeros_like
+from pytensor.xtensor.type import XTensorType
+from pytensor.xtensor.vectorization import XRV
+
+from pytensor_lazy_pullback.registry import (
+    CotangentRules,
+    register_absorbed_op,
+    register_cotangent_type,
+    register_undefined_gradient_op,
+    register_unlowered_op,
+)
+from pytensor_lazy_pullback.rewriting import expand_lazy_pullback
+
+__all__ = ["align_labelled_cotangent", "lower_rename", "lower_xtensor_graph"]
+
+
+@node_rewriter([Rename])
+def lower_rename(fgraph, node):
+    """Rename(x) -> XTensorFromTensor(TensorFromXTensor(x), new_dims)."""
+    [x] = node.inputs
+    return [xtensor_from_tensor(tensor_from_xtensor(x), dims=node.op.new_dims)]
+
+
+_lower_renames = dfs_rewriter(lower_rename, ignore_newtrees=True)
+_lower_xtensor = None
+
+
+def lower_xtensor_graph(fgraph: FunctionGraph) -> None:
+    """Lower every xtensor Op of a private `fgraph` in place."""
+    global _lower_xtensor
+    if _lower_xtensor is None:
+        from pytensor.compile import optdb
+
+        _lower_xtensor = optdb.query(RewriteDatabaseQuery(include=["lower_xtensor"]))
+    _lower_xtensor.rewrite(fgraph)
+    _lower_renames.rewrite(fgraph)
+
+
+def align_labelled_cotangent(var: Variable, cotangent: Variable) -> Variable:
+    """Return `cotangent` transposed to `var`'s dims, matching dims by name.
+
+    Raises
+    ------
+    TypeError
+        If `cotangent` is not labelled, or its dims are not those of `var`.
+    """
+    if not isinstance(cotangent.type, XTensorType):
+        raise TypeError(
+            f"The cotangent of the labelled variable {var} (dims {var.type.dims}) "
+            f"must be an XTensorVariable with the same dims, got {cotangent} of type "
+            f"{cotangent.type}. Label it first, e.g. "
+            f"pytensor.xtensor.as_xtensor(cotangent, dims={var.type.dims!r})."
+        )
+    if cotangent.type.dims == var.type.dims:
+        return cotangent
+    if sorted(cotangent.type.dims) != sorted(var.type.dims):
+        raise TypeError(
+            f"The cotangent {cotangent} has dims {cotangent.type.dims}, but the "
+            f"labelled variable {var} it belongs to has dims {var.type.dims}. "
+            "A cotangent must have exactly the dims of its variable (in any order)."
+        )
+    return cotangent.transpose(*var.type.dims)
+
+
+def _float_dtype(var: Variable) -> str:
+    from pytensor import config
+    from pytensor.tensor.type import float_dtypes
+
+    return var.type.dtype if var.type.dtype in float_dtypes else config.floatX
+
+
+register_unlowered_op(XOp, lower_xtensor_graph)
+register_unlowered_op(Rename, lower_xtensor_graph)
+register_undefined_gradient_op(XRV, "No gradient defined for random variables")
+register_absorbed_op(MakeSlice)
+register_cotangent_type(
+    XTensorType,
+    CotangentRules(
+        align=align_labelled_cotangent,
+        zeros_like=lambda var: zeros_like(var, dtype=_float_dtype(var)),
+        ones_like=lambda var: ones_like(var, dtype=_float_dtype(var)),
+    ),
+)
+lower_xtensor_db.register(
+    "expand_lazy_pullback",
+    expand_lazy_pullback,
+    "fast_run",
+    "fast_compile",
+    "minimum_compile",
+)
