@@ -102,7 +102,7 @@ class LazyPullback(HasInnerGraph, Op):
         outputs = [inner_inputs[i].type() for i in self.wrt]
         return Apply(self, [*region_inputs, *cotangents], outputs)
 
-    def infer_shape(self, fgraph, node, input_shapes):
+    def infer_shape(self, node, input_shapes):
         return [input_shapes[i] for i in self.wrt]
 
     def pullback(self, inputs, outputs, output_grads):

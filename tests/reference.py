@@ -1,0 +1,158 @@
+"""Test helpers: the reference gradient (lower first, then ``pt.grad``) and comparisons."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+import pytensor.xtensor as px
+from pytensor.compile.mode import Mode, get_mode
+from pytensor.graph.basic import Variable
+from pytensor.graph.replace import clone_replace
+from pytensor.graph.rewriting.utils import rewrite_graph
+from pytensor.graph.traversal import applys_between, graph_inputs
+from pytensor.xtensor.basic import XOp
+from pytensor.xtensor.type import XTensorType
+
+from pytensor_lazy_pullback import LazyPullback
+
+MODE = "FAST_COMPILE"
+"""Mode of most value checks: cheapest to compile; other backends are covered
+by the mode matrix."""
+
+COUNT_MODE = Mode(linker="py", optimizer=get_mode("FAST_RUN").optimizer)
+"""FAST_RUN's rewrites without a JIT linker: for counting compiled apply nodes."""
+
+
+def lower(outputs):
+    """``rewrite_graph(outputs, include=("lower_xtensor",), clone=True)``."""
+    return rewrite_graph(outputs, include=("lower_xtensor",), clone=True)
+
+
+def reference_grad(
+    cost: Variable,
+    wrt: Sequence[Variable],
+    consider_constant: Sequence[Variable] = (),
+    **grad_kwargs,
+) -> list[Variable]:
+    """The contract's reference: lower the cost, then ``pt.grad``.
+
+    A ``wrt`` or ``consider_constant`` variable inside the graph is first
+    replaced by a fresh input (so lowering cannot remove it), and substituted
+    back afterwards.  Each ``wrt`` is differentiated on its own, so a path
+    through another (interior) ``wrt`` is kept, as ``pt.grad`` keeps it.
+    """
+    results = []
+    for w in wrt:
+        cut = [v for v in [w, *consider_constant] if v.owner is not None]
+        fresh = {v: v.type(name=v.name) for v in cut}
+        cut_cost = clone_replace(cost, replace=fresh) if fresh else cost
+        g = pt.grad(lower(cut_cost), fresh.get(w, w), **grad_kwargs)
+        back = {f: v for v, f in fresh.items()}
+        results.append(clone_replace(g, replace=back) if back else g)
+    return results
+
+
+def compile_values(inputs, outputs, values, mode=MODE):
+    fn = pytensor.function(inputs, outputs, mode=mode, on_unused_input="ignore")
+    return fn(*values)
+
+
+def assert_same_gradients(ours, reference, inputs, values, mode=MODE, rtol=1e-7, atol=1e-10):
+    """Ours and the reference agree in value, dtype, static shape and dims."""
+    for o, r in zip(ours, reference, strict=True):
+        assert o.type.dtype == r.type.dtype, (o.type, r.type)
+        assert o.type.shape == r.type.shape, (o.type, r.type)
+        assert type(o.type) is type(r.type), (o.type, r.type)
+        if isinstance(o.type, XTensorType):
+            assert o.type.dims == r.type.dims, (o.type, r.type)
+    got = compile_values(inputs, list(ours), values, mode)
+    want = compile_values(inputs, list(reference), values, mode)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
+
+
+def random_values(inputs, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for inp in inputs:
+        shape = inp.type.shape
+        if inp.type.dtype.startswith("int"):
+            out.append(rng.integers(0, 3, size=shape).astype(inp.type.dtype))
+        else:
+            out.append(rng.uniform(0.5, 1.5, size=shape).astype(inp.type.dtype))
+    return out
+
+
+def weighted_cost(out: Variable, seed: int = 1) -> Variable:
+    """A scalar cost ``sum(out * W)`` with fixed, non-uniform weights ``W``.
+
+    Weights make every entry of the cotangent different, so a transposed or
+    misplaced cotangent cannot go unnoticed.
+    """
+    rng = np.random.default_rng(seed)
+    weights = rng.uniform(-1, 1, size=out.type.shape).astype(out.type.dtype)
+    if isinstance(out.type, XTensorType):
+        return (out * px.as_xtensor(weights, dims=out.type.dims)).sum().values
+    return (out * weights).sum()
+
+
+def check_family(
+    fn: Callable[..., Variable],
+    dims: Sequence[Sequence[str]],
+    shapes: Sequence[Sequence[int]],
+    rtol: float = 1e-7,
+):
+    """Check ``fn``'s gradient: the reference's values and finite differences.
+
+    ``fn`` takes one labelled input per ``dims``/``shapes`` entry and returns a
+    (labelled or plain) output.  The gradient is taken with respect to the
+    plain tensors under the labels, and with respect to the labelled inputs.
+    """
+    tensors = [pt.tensor(f"t{i}", shape=tuple(s)) for i, s in enumerate(shapes)]
+    labelled = [px.as_xtensor(t, dims=tuple(d)) for t, d in zip(tensors, dims, strict=True)]
+    cost = weighted_cost(fn(*labelled))
+    values = random_values(tensors)
+
+    ours = pt.grad(cost, tensors)
+    assert_lazy(ours)
+    assert_same_gradients(ours, reference_grad(cost, tensors), tensors, values, rtol=rtol)
+
+    ours_x = pt.grad(cost, labelled)
+    for g, x in zip(ours_x, labelled, strict=True):
+        assert g.type.dims == x.type.dims
+    assert_same_gradients(
+        ours_x, reference_grad(cost, labelled), tensors, values, rtol=rtol
+    )
+
+    def fun(*ts):
+        xs = [px.as_xtensor(t, dims=tuple(d)) for t, d in zip(ts, dims, strict=True)]
+        return weighted_cost(fn(*xs))
+
+    pytensor.gradient.verify_grad(
+        fun, values, rng=np.random.default_rng(2), mode=MODE
+    )
+
+
+def lazy_nodes(outputs):
+    return [
+        node
+        for node in applys_between(list(graph_inputs(outputs)), outputs)
+        if isinstance(node.op, LazyPullback)
+    ]
+
+
+def assert_lazy(grads):
+    """The gradient graph holds at least one `LazyPullback` (nothing was lowered)."""
+    assert lazy_nodes(list(grads)), "expected the gradient to hold a LazyPullback"
+
+
+def n_apply_nodes(inputs, outputs, mode=COUNT_MODE):
+    fn = pytensor.function(inputs, outputs, mode=mode, on_unused_input="ignore")
+    return fn, len(fn.maker.fgraph.apply_nodes)
+
+
+def xop_nodes(fgraph_nodes):
+    return [n for n in fgraph_nodes if isinstance(n.op, XOp | LazyPullback)]
