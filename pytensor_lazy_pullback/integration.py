@@ -16,7 +16,10 @@ imported, and whenever the graph was built.
 
 It also wraps ``_float_zeros_like`` and ``_float_ones_like``, which ``grad``
 uses for disconnected inputs and for the cost's seed, so that types with
-registered cotangent rules (labelled arrays) get zeros and ones of their kind.
+registered cotangent rules (labelled arrays) get zeros and ones of their kind;
+and ``_pushforward_direct`` (``pushforward(..., use_op_pushforward=True)``),
+which asks every node for its own pushforward: through un-lowered nodes, which
+have none, it computes the pushforward from two lazy pullbacks instead.
 """
 
 from __future__ import annotations
@@ -30,10 +33,11 @@ import pytensor.gradient as gradient
 from pytensor.gradient import DisconnectedType, disconnected_type, grad_undefined
 from pytensor.graph.null_type import NullType
 from pytensor.graph.op import io_connection_pattern
+from pytensor.graph.traversal import applys_between
 
 from pytensor_lazy_pullback.op import LazyPullback
 from pytensor_lazy_pullback.regions import Region, find_regions
-from pytensor_lazy_pullback.registry import cotangent_rules
+from pytensor_lazy_pullback.registry import cotangent_rules, is_unlowered
 
 __all__ = ["disable", "enable", "is_enabled", "integration_disabled"]
 
@@ -45,6 +49,8 @@ _EXPECTED_SIGNATURES = {
     "_populate_grad_dict": ["var_to_app_to_idx", "grad_dict", "wrt", "cost_name"],
     "_float_zeros_like": ["x"],
     "_float_ones_like": ["x"],
+    "_pushforward_direct": ["f", "wrt", "tangents", "disconnected_outputs", "return_disconnected"],
+    "pushforward_through_pullback": ["outputs", "inputs", "tangents", "disconnected_outputs", "return_disconnected"],
 }
 
 _originals: dict[str, object] = {}
@@ -91,6 +97,7 @@ def enable() -> None:
         "_populate_grad_dict": _populate_grad_dict,
         "_float_zeros_like": _float_zeros_like,
         "_float_ones_like": _float_ones_like,
+        "_pushforward_direct": _pushforward_direct,
     }
     for name, replacement in replacements.items():
         _originals[name] = getattr(gradient, name)
@@ -148,6 +155,16 @@ def _float_ones_like(x):
     if rules is not None:
         return rules.ones_like(x)
     return _originals["_float_ones_like"](x)
+
+
+def _pushforward_direct(f, wrt, tangents, disconnected_outputs, return_disconnected):
+    if any(is_unlowered(node) for node in applys_between(wrt, f)):
+        return gradient.pushforward_through_pullback(
+            f, wrt, tangents, disconnected_outputs, return_disconnected
+        )
+    return _originals["_pushforward_direct"](
+        f, wrt, tangents, disconnected_outputs, return_disconnected
+    )
 
 
 def _collapse(var_to_app_to_idx, regions: list[Region]):

@@ -28,6 +28,7 @@ from pytensor.tensor.type import continuous_dtypes
 
 from pytensor_lazy_pullback.registry import (
     absorbed_into_region,
+    is_conversion,
     is_unlowered,
     undefined_gradient_reason,
 )
@@ -75,6 +76,11 @@ def find_regions(
 ) -> list[Region]:
     """Find the regions of un-lowered nodes on the gradient's path.
 
+    Conversion nodes (see
+    :func:`~pytensor_lazy_pullback.registry.register_unlowered_op`) join the
+    region they touch, so a region's boundary is made of ordinary variables
+    wherever the graph has them; groups of conversions only are not regions.
+
     Parameters
     ----------
     consumers
@@ -115,7 +121,14 @@ def find_regions(
     groups: dict[Apply, list[Apply]] = {}
     for node in parent:
         groups.setdefault(find(node), []).append(node)
-    return [_describe(nodes, consumers, seeded) for nodes in groups.values()]
+    # A group of conversions only (e.g. labelling a leaf) has nothing to lower:
+    # its nodes keep their own pullbacks.  Convexity of the other regions is
+    # unaffected: a path through such a group passes a cut or a level change.
+    return [
+        _describe(nodes, consumers, seeded)
+        for nodes in groups.values()
+        if not all(is_conversion(node) for node in nodes)
+    ]
 
 
 def _topological_levels(path, cuts):

@@ -9,7 +9,10 @@ un-lowered Ops.  A family (such as :mod:`pytensor.xtensor`, see
 
 * which Op types are *un-lowered*: they have no usable pullback of their own
   and a lowering rewrite turns them into ordinary Ops
-  (:func:`register_unlowered_op`);
+  (:func:`register_unlowered_op`), and which are mere *conversions* between
+  the family's types and ordinary ones: they join the regions they touch, so
+  that region boundaries are ordinary variables where possible, but a region
+  made of conversions only is left alone;
 * which Op types make the gradient of their inputs undefined, so that
   :func:`pytensor.grad` can refuse at differentiation time without lowering
   anything (:func:`register_undefined_gradient_op`);
@@ -33,6 +36,7 @@ __all__ = [
     "CotangentRules",
     "absorbed_into_region",
     "cotangent_rules",
+    "is_conversion",
     "is_unlowered",
     "lowerings_for",
     "register_absorbed_op",
@@ -46,6 +50,7 @@ Lowering = Callable[[FunctionGraph], None]
 """Lowers every registered Op of a `FunctionGraph` in place."""
 
 _unlowered: dict[type[Op], Lowering] = {}
+_conversions: set[type[Op]] = set()
 _undefined: dict[type[Op], str] = {}
 _absorbed: set[type[Op]] = set()
 _cotangent_rules: dict[type[Type], CotangentRules] = {}
@@ -74,7 +79,9 @@ class CotangentRules:
     ones_like: Callable[[Variable], Variable]
 
 
-def register_unlowered_op(op_type: type[Op], lowering: Lowering) -> None:
+def register_unlowered_op(
+    op_type: type[Op], lowering: Lowering, *, conversion: bool = False
+) -> None:
     """Declare that Ops of `op_type` (and subclasses) are un-lowered.
 
     Parameters
@@ -86,8 +93,14 @@ def register_unlowered_op(op_type: type[Op], lowering: Lowering) -> None:
         A function that, given a private `FunctionGraph`, replaces in place
         every Op of this family by ordinary Ops.  Several Op types may share
         one lowering; it then runs once per expansion.
+    conversion
+        Whether the Op only converts between the family's types and ordinary
+        ones (it has a working pullback, and may legitimately remain at the
+        boundary of a lowered region).
     """
     _unlowered[op_type] = lowering
+    if conversion:
+        _conversions.add(op_type)
     _unlowered_cache.clear()
 
 
@@ -133,6 +146,11 @@ def _lookup(table: dict, cache: dict, key: type):
 def is_unlowered(node: Apply) -> bool:
     """Whether `node`'s Op is of a registered un-lowered family."""
     return _lookup(_unlowered, _unlowered_cache, type(node.op)) is not None
+
+
+def is_conversion(node: Apply) -> bool:
+    """Whether `node`'s Op is registered as a conversion (see `register_unlowered_op`)."""
+    return isinstance(node.op, tuple(_conversions))
 
 
 def lowerings_for(nodes: Iterable[Apply]) -> list[Lowering]:

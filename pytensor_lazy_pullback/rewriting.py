@@ -12,11 +12,13 @@ from pytensor.compile import optdb
 from pytensor.gradient import DisconnectedType, NullTypeGradError, pullback
 from pytensor.graph.basic import Apply, Variable, clone_get_equiv
 from pytensor.graph.fg import FunctionGraph
+from pytensor.graph.replace import _vectorize_node, vectorize_graph
 from pytensor.graph.rewriting.basic import dfs_rewriter, node_rewriter
 
 from pytensor_lazy_pullback.op import LazyPullback
 from pytensor_lazy_pullback.registry import (
     cotangent_rules,
+    is_conversion,
     is_unlowered,
     lowerings_for,
     register_unlowered_op,
@@ -87,15 +89,23 @@ def lower_graph(fgraph: FunctionGraph, context: Apply | None = None) -> None:
 
     Runs the registered lowerings (expanding nested `LazyPullback`\\ s first)
     until none applies, and raises `LazyPullbackExpansionError` naming the Op
-    and the variable if an un-lowered node survives.
+    and the variable if an un-lowered node survives.  Conversions may remain
+    where the graph's own inputs or outputs are of the un-lowered family.
     """
+
+    def remaining():
+        return [
+            node
+            for node in fgraph.apply_nodes
+            if is_unlowered(node) and not is_conversion(node)
+        ]
+
     for _ in range(8):
-        lowerings = lowerings_for(fgraph.apply_nodes)
-        if not lowerings:
+        if not remaining():
             return
-        for lowering in lowerings:
+        for lowering in lowerings_for(fgraph.apply_nodes):
             lowering(fgraph)
-    leftover = next(node for node in fgraph.toposort() if is_unlowered(node))
+    leftover = remaining()[0]
     where = f" in {_describe(context)}" if context is not None else ""
     raise LazyPullbackExpansionError(
         f"Cannot lower {leftover.op} (producing {leftover.outputs[0]}){where}: "
@@ -123,6 +133,18 @@ optdb.register(
     "minimum_compile",
     position=EXPAND_POSITION,
 )
+
+
+@_vectorize_node.register(LazyPullback)
+def vectorize_lazy_pullback(op, node, *batched_inputs):
+    """Vectorize a `LazyPullback` by expanding it first.
+
+    ``vectorize_graph`` (and so ``jacobian(vectorize=True)``) cannot batch an
+    opaque region; its expansion is an ordinary graph that it can.
+    """
+    return vectorize_graph(
+        expand_node(node), replace=dict(zip(node.inputs, batched_inputs, strict=True))
+    )
 
 
 def expand_lazy_pullbacks(

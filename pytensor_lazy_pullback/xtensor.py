@@ -6,7 +6,9 @@ It registers, with the generic machinery of
 :mod:`pytensor_lazy_pullback.registry`,
 
 * every `XOp`, and `Rename`, as un-lowered, lowered by the ``lower_xtensor``
-  rewrites (plus :func:`lower_rename`, since ``lower_xtensor`` leaves a
+  rewrites, and the conversions `XTensorFromTensor` / `TensorFromXTensor` as
+  joining the regions they touch (so a gradient with respect to a plain
+  tensor holds no labelled variable outside its `LazyPullback`) (plus :func:`lower_rename`, since ``lower_xtensor`` leaves a
   ``Rename`` that produces a region output in place, and ``Rename.pullback``
   is broken in PyTensor 3.3: it renames a dim literally called ``"dims"``);
 * `XRV` (random draws) as having an undefined gradient, so that
@@ -31,7 +33,9 @@ from pytensor.graph.rewriting.db import RewriteDatabaseQuery
 from pytensor.tensor.type_other import MakeSlice
 from pytensor.xtensor.basic import (
     Rename,
+    TensorFromXTensor,
     XOp,
+    XTensorFromTensor,
     tensor_from_xtensor,
     xtensor_from_tensor,
 )
@@ -109,6 +113,8 @@ def _float_dtype(var: Variable) -> str:
 
 register_unlowered_op(XOp, lower_xtensor_graph)
 register_unlowered_op(Rename, lower_xtensor_graph)
+register_unlowered_op(XTensorFromTensor, lower_xtensor_graph, conversion=True)
+register_unlowered_op(TensorFromXTensor, lower_xtensor_graph, conversion=True)
 register_undefined_gradient_op(XRV, "No gradient defined for random variables")
 register_absorbed_op(MakeSlice)
 register_cotangent_type(
