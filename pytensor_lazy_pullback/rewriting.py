@@ -13,7 +13,7 @@ from pytensor.gradient import DisconnectedType, NullTypeGradError, pullback
 from pytensor.graph.basic import Apply, Variable, clone_get_equiv
 from pytensor.graph.fg import FunctionGraph
 from pytensor.graph.replace import _vectorize_node, vectorize_graph
-from pytensor.graph.rewriting.basic import dfs_rewriter, node_rewriter
+from pytensor.graph.rewriting.basic import MergeOptimizer, dfs_rewriter, node_rewriter
 
 from pytensor_lazy_pullback.op import LazyPullback
 from pytensor_lazy_pullback.registry import (
@@ -163,8 +163,8 @@ def expand_lazy_pullbacks(
     Returns
     -------
     Variable or list of Variable
-        The rewritten copy, shaped like `outputs`.  The original graph is not
-        modified.
+        The rewritten copy, shaped like `outputs`, with identical subgraphs
+        merged (as compilation would).  The original graph is not modified.
     """
     single = isinstance(outputs, Variable)
     fgraph = FunctionGraph(outputs=[outputs] if single else list(outputs), clone=True)
@@ -172,6 +172,7 @@ def expand_lazy_pullbacks(
         lower_graph(fgraph)
     else:
         _expand_all.rewrite(fgraph)
+    MergeOptimizer().rewrite(fgraph)
     return fgraph.outputs[0] if single else list(fgraph.outputs)
 
 
