@@ -184,8 +184,10 @@ def _collapse(var_to_app_to_idx, regions: list[Region]):
             stand_in = stand_in_of.get(app)
             if stand_in is None:
                 new_apps[app] = positions
-            else:
+            elif stand_in is not producer:
                 new_apps.setdefault(stand_in, [stand_in.input_position[var]])
+            # else: a region output also read inside its own region; the
+            # region's pullback accounts for that use.
         collapsed[var] = new_apps
     return collapsed
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pytensor.compile import optdb
+from pytensor.compile.ops import view_op
 from pytensor.gradient import DisconnectedType, NullTypeGradError, pullback
 from pytensor.graph.basic import Apply, Variable, clone_get_equiv
 from pytensor.graph.fg import FunctionGraph
@@ -58,9 +59,13 @@ def expand_node(node: Apply) -> list[Variable]:
     cotangents = node.inputs[n_in:]
     fresh_cotangents = [cotangent.type() for cotangent in cotangents]
     wrt = [inner.inputs[i] for i in op.wrt]
+    # Each output goes through its own view: `pullback` treats cotangents as
+    # final (known_grads), so an output that is also an ancestor of another
+    # output once lowered (or two outputs lowered to one variable) would
+    # otherwise lose what flows back into it from the other output.
     try:
         grads = pullback(
-            list(inner.outputs),
+            [view_op(out) for out in inner.outputs],
             wrt,
             fresh_cotangents,
             disconnected_inputs="ignore",
