@@ -113,17 +113,19 @@ def test_mode_matrix(case, mode):
     inp, ours, ref = build(case)
     assert not any(isinstance(n.op, LazyPullback) for n in _nodes(ref))
     [value] = random_values([inp])
-    if mode == "C" and case in ("hessian", "jacobian"):
-        # The pure C linker cannot run Scan (which hessian and jacobian build):
-        # the reference fails the same way, for the same reason.
-        for graph in (ref, ours):
-            with pytest.raises(NotImplementedError, match="Scan.*cannot produce C code"):
-                pytensor.function([inp], graph, mode="C")
+    if mode == "C" and case == "cumulative":
+        pytest.skip("PyTensor 3.3's pure C linker aborts the process on CumOp, reference included")
+    try:
+        want = pytensor.function([inp], ref, mode=MODES[mode])(value)
+    except Exception as err:
+        # Some modes cannot run some graphs at all (the pure C linker has no
+        # Scan, no Dot without BLAS, ...): ours must then fail the same way.
+        with pytest.raises(type(err)):
+            pytensor.function([inp], ours, mode=MODES[mode])(value)
         return
     fn = pytensor.function([inp], ours, mode=MODES[mode])
     assert not any(isinstance(n.op, XOp | LazyPullback) for n in fn.maker.fgraph.apply_nodes)
     got = fn(value)
-    want = pytensor.function([inp], ref, mode=MODES[mode])(value)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
 
 
