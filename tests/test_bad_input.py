@@ -1,0 +1,137 @@
+"""Bad input gets a clear error that names the variable and says what to do."""
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytensor
+import pytensor.gradient as gradient
+import pytensor.tensor as pt
+import pytensor.xtensor as px
+import pytest
+from pytensor.graph.basic import Apply
+from pytensor.xtensor.basic import XOp
+
+import pytensor_lazy_pullback as plp
+from pytensor_lazy_pullback import LazyPullbackExpansionError, integration
+
+
+def test_non_scalar_labelled_cost():
+    x = px.xtensor("x", dims=("a", "b"), shape=(3, 4))
+    with pytest.raises(TypeError, match="Cost must be a scalar"):
+        pt.grad((x**2).sum("a"), x)
+
+
+def square_output():
+    x = px.xtensor("x", dims=("a", "b"), shape=(3, 3))
+    y = px.math.exp(x) * px.as_xtensor(np.arange(9.0).reshape(3, 3), dims=("a", "b"))
+    y.name = "y"
+    return x, y
+
+
+def test_cotangent_with_wrong_dims_names_variable():
+    x, y = square_output()
+    wrong = px.xtensor("g", dims=("a", "c"), shape=(3, 3))
+    with pytest.raises(TypeError, match=r"cotangent g has dims \('a', 'c'\).*variable y"):
+        gradient.pullback(y, x, wrong)
+
+
+def test_plain_tensor_cotangent_for_labelled_output():
+    x, y = square_output()
+    with pytest.raises(TypeError, match=r"labelled variable y.*as_xtensor"):
+        gradient.pullback(y, x, pt.matrix("g", shape=(3, 3)))
+
+
+def test_cotangent_dims_matched_by_name_in_square_case():
+    """A ("b", "a") cotangent for a ("a", "b") output means its transpose."""
+    x, y = square_output()
+    g_ab = px.xtensor("g", dims=("a", "b"), shape=(3, 3))
+    g_ba = g_ab.transpose("b", "a")
+    by_name = gradient.pullback(y, x, g_ba)
+    direct = gradient.pullback(y, x, g_ab)
+    fn = pytensor.function([x, g_ab], [by_name, direct], mode="FAST_COMPILE")
+    xv = np.linspace(0, 1, 9).reshape(3, 3)
+    gv = np.arange(9.0).reshape(3, 3) - 4
+    a, b = fn(xv, gv)
+    np.testing.assert_allclose(a, b)
+    assert not np.allclose(a, b.T)
+
+
+class UnloweredXOp(XOp):
+    """An XOp subclass for which nobody registered a lowering."""
+
+    __props__ = ()
+
+    def make_node(self, x):
+        return Apply(self, [x], [x.type()])
+
+
+def test_xop_without_lowering_fails_at_compile_naming_the_op():
+    x = px.xtensor("x", dims=("a",), shape=(3,))
+    y = UnloweredXOp()(px.math.exp(x))
+    y.name = "mystery"
+    g = pt.grad(y.sum().values, x)  # lazy: nothing is known to be wrong yet
+    with pytest.raises(LazyPullbackExpansionError, match=r"Cannot lower UnloweredXOp.*region.*inputs \(x\)"):
+        pytensor.function([x], g, mode="FAST_COMPILE")
+    with pytest.raises(LazyPullbackExpansionError, match="register_lower_xtensor"):
+        g.eval({x: np.ones(3)})
+
+
+def test_unrecognised_pytensor_version_fails_import_clearly(monkeypatch):
+    plp.disable()
+    try:
+        monkeypatch.setattr(pytensor, "__version__", "3.9.0")
+        with pytest.raises(ImportError, match=r"pytensor 3\.9\.0 is outside the supported range"):
+            plp.enable()
+        assert not plp.is_enabled()
+        # The rest of PyTensor is unaffected.
+        t = pt.vector("t")
+        assert pt.grad((t**2).sum(), t).eval({t: np.ones(2)}).tolist() == [2.0, 2.0]
+    finally:
+        monkeypatch.undo()
+        plp.enable()
+
+
+def test_changed_internals_fail_import_clearly(monkeypatch):
+    plp.disable()
+    try:
+        monkeypatch.setattr(gradient, "_populate_grad_dict", lambda graph, wrt: None)
+        with pytest.raises(ImportError, match=r"_populate_grad_dict has parameters"):
+            plp.enable()
+        assert not plp.is_enabled()
+    finally:
+        monkeypatch.undo()
+        plp.enable()
+
+
+def test_import_on_unsupported_version_in_fresh_process():
+    code = textwrap.dedent(
+        """
+        import pytensor
+        pytensor.__version__ = "2.0.0"
+        try:
+            import pytensor_lazy_pullback
+        except ImportError as err:
+            print("ImportError:", err)
+        import pytensor.tensor as pt
+        t = pt.vector("t")
+        print("plain grad ok", pt.grad((t ** 2).sum(), t).eval({t: [1.0, 2.0]}).tolist())
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "ImportError: pytensor_lazy_pullback cannot integrate" in out.stdout
+    assert "plain grad ok [2.0, 4.0]" in out.stdout
+
+
+def test_enable_disable_idempotent_and_reversible():
+    original = integration._originals["_populate_grad_dict"]
+    plp.enable()
+    plp.enable()
+    assert gradient._populate_grad_dict is integration._populate_grad_dict
+    with plp.integration_disabled():
+        assert gradient._populate_grad_dict is original
+        x = px.xtensor("x", dims=("a",), shape=(2,))
+        with pytest.raises(NotImplementedError, match="pullback not implemented"):
+            pt.grad(px.math.exp(x).sum().values, x)
+    assert plp.is_enabled()
