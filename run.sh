@@ -4,7 +4,8 @@
 #   ./run.sh test [ARGS...]   set up if needed, then run the whole test suite
 #   ./run.sh bench [ARGS...]  set up if needed, then run the benchmarks
 # Set-up: a .venv with Python 3.12 (from .python-version, through pyenv when it
-# is there) and this package installed editable with its test extras.
+# is there) and this package installed editable with its test, pymc and jax
+# extras (the suite covers PyMC models and the JAX backend).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -26,7 +27,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
     .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -e ".[test]"
+    .venv/bin/python -m pip install --quiet -e ".[test,pymc,jax]"
     touch .venv/.installed
 fi
 
