@@ -1,0 +1,127 @@
+"""Second order, lazily: grad of grad, hessian, hessian-vector products, jacobians."""
+
+import numpy as np
+import pytensor
+import pytensor.gradient as gradient
+import pytensor.tensor as pt
+import pytensor.xtensor as px
+import pytensor.xtensor.math as pxm
+import pytest
+from pytensor.graph.traversal import applys_between, graph_inputs
+
+from pytensor_lazy_pullback import LazyPullback
+from reference import MODE, assert_same_gradients, lower, random_values, reference_grad
+
+
+def labelled_cost():
+    vec = pt.vector("v", shape=(6,))
+    x = px.as_xtensor(vec.reshape((2, 3)), dims=("a", "b"))
+    w = px.as_xtensor(np.array([0.5, -1.0, 2.0]), dims=("b",))
+    cost = (pxm.exp(x * 0.3) * (x * w).sum("b") + pxm.sin(x).cumsum("a")).sum().values
+    return vec, cost
+
+
+def lazy_nodes(outputs):
+    nodes = applys_between(list(graph_inputs(outputs)), outputs)
+    return [n for n in nodes if isinstance(n.op, LazyPullback)]
+
+
+def test_grad_of_grad_is_lazy_and_matches_reference():
+    vec, cost = labelled_cost()
+    u = np.linspace(-1, 1, 6)
+    g = pt.grad(cost, vec)
+    gg = pt.grad((g * u).sum(), vec)
+    # Lazy at second order too: a LazyPullback whose region holds the first one.
+    nested = [
+        node
+        for node in lazy_nodes([gg])
+        if any(isinstance(n.op, LazyPullback) for n in node.op.fgraph.toposort())
+    ]
+    assert nested, "the second-order region should contain the first-order LazyPullback"
+    g_ref = pt.grad(lower(cost), vec)
+    gg_ref = pt.grad((g_ref * u).sum(), vec)
+    assert_same_gradients([g, gg], [g_ref, gg_ref], [vec], random_values([vec]))
+
+
+def test_hessian_matches_reference_and_finite_differences():
+    vec, cost = labelled_cost()
+    h = gradient.hessian(cost, vec)
+    h_ref = gradient.hessian(lower(cost), vec)
+    [value] = random_values([vec])
+    assert_same_gradients([h], [h_ref], [vec], [value])
+    # The Hessian is the jacobian of the gradient: check it against central differences.
+    grad_fn = pytensor.function([vec], pt.grad(cost, vec), mode=MODE)
+    eps = 1e-6
+    numeric = np.stack(
+        [(grad_fn(value + eps * e) - grad_fn(value - eps * e)) / (2 * eps) for e in np.eye(6)]
+    )
+    np.testing.assert_allclose(h.eval({vec: value}, mode=MODE), numeric, rtol=1e-5, atol=1e-7)
+
+
+def test_hessian_vector_product():
+    vec, cost = labelled_cost()
+    p = pt.vector("p", shape=(6,))
+    hvp = gradient.hessian_vector_product(cost, vec, p)
+    hvp_ref = gradient.hessian_vector_product(lower(cost), vec, p)
+    assert_same_gradients([hvp], [hvp_ref], [vec, p], random_values([vec, p]))
+
+
+def test_hessian_wrt_labelled_leaf_through_pullback():
+    x = px.xtensor("x", dims=("a",), shape=(4,))
+    cost = (pxm.exp(x) * x.cumsum("a")).sum().values
+    g = pt.grad(cost, x)
+    assert g.type.dims == ("a",)
+    u = px.as_xtensor(np.array([1.0, -2.0, 0.5, 3.0]), dims=("a",))
+    gg = pt.grad((g * u).sum().values, x)
+    assert gg.type.dims == ("a",)
+    ref = reference_grad(cost, [x])[0]
+    gg_ref = reference_grad((ref * u).sum().values, [x])[0]
+    assert_same_gradients([gg], [gg_ref], [x], random_values([x]))
+
+
+def test_lazy_pullback_pullback_is_another_lazy_pullback():
+    mat = pt.matrix("m", shape=(2, 3))
+    x = px.as_xtensor(mat, dims=("a", "b"))
+    cost = (pxm.exp(x * 0.3) * x.sum("b") + pxm.sin(x).cumsum("a")).sum().values
+    g = pt.grad(cost, mat)
+    [node] = lazy_nodes([g])
+    position = node.inputs.index(mat)
+    cotangent = pt.matrix("c", shape=(2, 3))
+    second = node.op.pullback(node.inputs, node.outputs, [cotangent])
+    assert isinstance(second[position].owner.op, LazyPullback)
+    [inner] = second[position].owner.op.fgraph.toposort()
+    assert isinstance(inner.op, LazyPullback)
+    # Its value: d/dm <g(m), c>, the Hessian applied to c.
+    reference = gradient.hessian_vector_product(lower(cost), mat, cotangent)
+    assert_same_gradients(
+        [second[position]], [reference], [mat, cotangent], random_values([mat, cotangent])
+    )
+
+
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_jacobian_of_gradient(vectorize):
+    vec, cost = labelled_cost()
+    jac = gradient.jacobian(pt.grad(cost, vec), vec, vectorize=vectorize)
+    jac_ref = gradient.jacobian(pt.grad(lower(cost), vec), vec, vectorize=vectorize)
+    assert_same_gradients([jac], [jac_ref], [vec], random_values([vec]))
+
+
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_jacobian_of_labelled_function_values(vectorize):
+    vec = pt.vector("v", shape=(4,))
+    x = px.as_xtensor(vec, dims=("a",))
+    out = (pxm.tanh(x) * x.cumsum("a")).values
+    jac = gradient.jacobian(out, vec, vectorize=vectorize)
+    jac_ref = gradient.jacobian(lower(out), vec, vectorize=vectorize)
+    assert_same_gradients([jac], [jac_ref], [vec], random_values([vec]))
+
+
+@pytest.mark.parametrize("use_op_pushforward", [False, True])
+def test_pushforward_on_tensor_boundaries(use_op_pushforward):
+    vec, cost = labelled_cost()
+    x = px.as_xtensor(vec.reshape((2, 3)), dims=("a", "b"))
+    out = (pxm.exp(x) * x.sum("a")).values
+    t = pt.vector("t", shape=(6,))
+    ours = gradient.pushforward(out, vec, t, use_op_pushforward=use_op_pushforward)
+    ref = gradient.pushforward(lower(out), vec, t, use_op_pushforward=False)
+    assert_same_gradients([ours], [ref], [vec, t], random_values([vec, t]))
