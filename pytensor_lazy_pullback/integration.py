@@ -20,6 +20,9 @@ registered cotangent rules (labelled arrays) get zeros and ones of their kind;
 and ``_pushforward_direct`` (``pushforward(..., use_op_pushforward=True)``),
 which asks every node for its own pushforward: through un-lowered nodes, which
 have none, it computes the pushforward from two lazy pullbacks instead.
+
+Finally it registers how ``vectorize_graph`` batches a `LazyPullback` (with
+PyTensor's ``_vectorize_node`` dispatcher): by expanding it first.
 """
 
 from __future__ import annotations
@@ -33,10 +36,12 @@ import pytensor.gradient as gradient
 from pytensor.gradient import DisconnectedType, disconnected_type, grad_undefined
 from pytensor.graph.null_type import NullType
 from pytensor.graph.op import io_connection_pattern
+from pytensor.graph.replace import _vectorize_node, vectorize_graph
 from pytensor.graph.traversal import applys_between
 
-from pytensor_lazy_pullback.op import LazyPullback
+from pytensor_lazy_pullback.op import LazyPullback, align_cotangent
 from pytensor_lazy_pullback.regions import Region, find_regions
+from pytensor_lazy_pullback.rewriting import expand_node
 from pytensor_lazy_pullback.registry import cotangent_rules, is_unlowered
 
 __all__ = ["disable", "enable", "is_enabled", "integration_disabled"]
@@ -254,13 +259,20 @@ class _RegionPullback:
             else:
                 wrt.append(i)
         if wrt:
-            cotangents = [_align(outputs[j], output_grads[j]) for j in live]
+            cotangents = [align_cotangent(outputs[j], output_grads[j]) for j in live]
             op = LazyPullback.from_graph(inputs, [outputs[j] for j in live], wrt)
             for i, g in zip(wrt, op(*inputs, *cotangents, return_list=True), strict=True):
                 grads[i] = g
         return grads
 
 
-def _align(var, cotangent):
-    rules = cotangent_rules(var)
-    return cotangent if rules is None else rules.align(var, cotangent)
+@_vectorize_node.register(LazyPullback)
+def _vectorize_lazy_pullback(op, node, *batched_inputs):
+    """Vectorize a `LazyPullback` by expanding it first.
+
+    ``vectorize_graph`` (and so ``jacobian(vectorize=True)``) cannot batch an
+    opaque region; its expansion is an ordinary graph that it can.
+    """
+    return vectorize_graph(
+        expand_node(node), replace=dict(zip(node.inputs, batched_inputs, strict=True))
+    )

@@ -17,7 +17,7 @@ from pytensor.tensor.type import continuous_dtypes
 
 from pytensor_lazy_pullback.registry import cotangent_rules
 
-__all__ = ["LazyPullback", "LazyPullbackNotExpandedError"]
+__all__ = ["LazyPullback", "LazyPullbackNotExpandedError", "align_cotangent"]
 
 
 class LazyPullbackNotExpandedError(NotImplementedError):
@@ -96,7 +96,7 @@ class LazyPullback(HasInnerGraph, Op):
             for inner, outer in zip(inner_inputs, inputs[:n_in], strict=True)
         ]
         cotangents = [
-            _align_cotangent(inner, cotangent)
+            align_cotangent(inner, cotangent)
             for inner, cotangent in zip(inner_outputs, inputs[n_in:], strict=True)
         ]
         outputs = [inner_inputs[i].type() for i in self.wrt]
@@ -146,8 +146,15 @@ class LazyPullback(HasInnerGraph, Op):
         )
 
 
-def _align_cotangent(output: Variable, cotangent: Variable) -> Variable:
-    """Arrange `cotangent` like `output`, by the rules registered for its type."""
+def align_cotangent(output: Variable, cotangent: Variable) -> Variable:
+    """Arrange `cotangent` like `output`, by the rules registered for its type.
+
+    Raises
+    ------
+    TypeError
+        If `cotangent` cannot be the cotangent of `output` (the message names
+        both and says what is expected).
+    """
     rules = cotangent_rules(output)
     if rules is not None:
         return rules.align(output, cotangent)

@@ -13,7 +13,6 @@ from pytensor.compile.ops import view_op
 from pytensor.gradient import DisconnectedType, NullTypeGradError, pullback
 from pytensor.graph.basic import Apply, Variable, clone_get_equiv
 from pytensor.graph.fg import FunctionGraph
-from pytensor.graph.replace import _vectorize_node, vectorize_graph
 from pytensor.graph.rewriting.basic import MergeOptimizer, dfs_rewriter, node_rewriter
 
 from pytensor_lazy_pullback.op import LazyPullback
@@ -138,18 +137,6 @@ optdb.register(
     "minimum_compile",
     position=EXPAND_POSITION,
 )
-
-
-@_vectorize_node.register(LazyPullback)
-def vectorize_lazy_pullback(op, node, *batched_inputs):
-    """Vectorize a `LazyPullback` by expanding it first.
-
-    ``vectorize_graph`` (and so ``jacobian(vectorize=True)``) cannot batch an
-    opaque region; its expansion is an ordinary graph that it can.
-    """
-    return vectorize_graph(
-        expand_node(node), replace=dict(zip(node.inputs, batched_inputs, strict=True))
-    )
 
 
 def expand_lazy_pullbacks(
