@@ -1,0 +1,1 @@
+"""Stand-in for PyTensor's ``tests`` package (see ../README.md)."""

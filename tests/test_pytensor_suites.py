@@ -1,0 +1,42 @@
+"""No regression in PyTensor itself: its own gradient suites pass with the add-on.
+
+Runs ``scripts/pytensor_suites.py``, which takes the sdist of the installed
+pytensor from the package index (cached in ``$PYTENSOR_SUITES_CACHE`` or
+``~/.cache/pytensor-lazy-pullback/sdists``), runs its ``tests/test_gradient.py``
+and ``tests/test_rop.py`` without and then with the add-on, and fails on any test
+that fails only with the add-on.  About a minute; deselect with
+``-m "not pytensor_suites"``.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "pytensor_suites.py"
+EXIT_UNREACHABLE = 3  # scripts/pytensor_suites.py: sdist not cached, index unreachable
+
+
+@pytest.mark.pytensor_suites
+def test_pytensor_gradient_suites_pass_with_the_addon():
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT)],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=1800,
+    )
+    print(proc.stdout)
+    print(proc.stderr, file=sys.stderr)
+    if proc.returncode == EXIT_UNREACHABLE:
+        reason = next(
+            (line for line in proc.stdout.splitlines() if line.startswith("SKIP:")),
+            "the package index is unreachable and the sdist is not cached",
+        )
+        pytest.skip(reason)
+    assert proc.returncode == 0, (
+        f"scripts/pytensor_suites.py exited {proc.returncode}:\n"
+        + "\n".join(proc.stdout.splitlines()[-30:])
+    )
+    assert "no regression" in proc.stdout
