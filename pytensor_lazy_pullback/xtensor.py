@@ -21,7 +21,8 @@ It registers, with the generic machinery of
 
 It also puts ``expand_lazy_pullback`` into ``lower_xtensor``, so
 ``rewrite_graph(grads, include=("lower_xtensor",))`` expands lazy gradients
-as well as lowering the forward graph.
+as well as lowering the forward graph; and gives `XTensorType` the
+``in_same_class`` that `TensorType` has (see :func:`xtensor_in_same_class`).
 """
 
 from __future__ import annotations
@@ -53,7 +54,12 @@ from pytensor_lazy_pullback.registry import (
 )
 from pytensor_lazy_pullback.rewriting import expand_lazy_pullback
 
-__all__ = ["align_labelled_cotangent", "lower_rename", "lower_xtensor_graph"]
+__all__ = [
+    "align_labelled_cotangent",
+    "lower_rename",
+    "lower_xtensor_graph",
+    "xtensor_in_same_class",
+]
 
 
 @node_rewriter([Rename])
@@ -104,6 +110,25 @@ def align_labelled_cotangent(var: Variable, cotangent: Variable) -> Variable:
     return cotangent.transpose(*var.type.dims)
 
 
+def xtensor_in_same_class(self: XTensorType, otype) -> bool:
+    """Whether `otype` differs from `self` at most in non-broadcastable static lengths.
+
+    PyTensor 3.3's `XTensorType` inherits ``Type.in_same_class`` (equality),
+    unlike `TensorType`.  Expanding a `LazyPullback` may refine a gradient's
+    static shape (e.g. ``(None,)`` to ``(3,)``); where that gradient enters a
+    ``Scan`` (as in ``hessian``, which maps ``grad`` over rows), the rebuilt
+    Scan checks its inputs with ``in_same_class`` and would reject the refined
+    type.  Upstream home: ``XTensorType.in_same_class`` in
+    ``pytensor/xtensor/type.py``.
+    """
+    return (
+        isinstance(otype, XTensorType)
+        and otype.dtype == self.dtype
+        and otype.dims == self.dims
+        and otype.broadcastable == self.broadcastable
+    )
+
+
 def _float_dtype(var: Variable) -> str:
     from pytensor import config
     from pytensor.tensor.type import float_dtypes
@@ -125,6 +150,8 @@ register_cotangent_type(
         ones_like=lambda var: ones_like(var, dtype=_float_dtype(var)),
     ),
 )
+if "in_same_class" not in vars(XTensorType):
+    XTensorType.in_same_class = xtensor_in_same_class
 lower_xtensor_db.register(
     "expand_lazy_pullback",
     expand_lazy_pullback,
