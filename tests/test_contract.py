@@ -30,6 +30,16 @@ from reference import (
 )
 
 
+
+def check_one_region(fn, t):
+    """``fn(t)``'s gradient is one LazyPullback, equals the reference and finite differences."""
+    cost = fn(t)
+    ours = pt.grad(cost, [t])
+    assert len(lazy_nodes(ours)) == 1
+    values = random_values([t])
+    assert_same_gradients(ours, reference_grad(cost, [t]), [t], values)
+    pytensor.gradient.verify_grad(fn, values, rng=np.random.default_rng(2), mode=MODE)
+
 # ---------------------------------------------------------------------------
 # 1. Repeated inputs accumulate
 # ---------------------------------------------------------------------------
@@ -59,12 +69,7 @@ def test_input_used_by_several_region_nodes():
         out = pxm.exp(x) * x.sum("a") + x.transpose("b", "a").mean("b") * pxm.sin(x * x)
         return weighted_cost(out)
 
-    cost = fn(t)
-    ours = pt.grad(cost, [t])
-    assert len(lazy_nodes(ours)) == 1
-    values = random_values([t])
-    assert_same_gradients(ours, reference_grad(cost, [t]), [t], values)
-    pytensor.gradient.verify_grad(fn, values, rng=np.random.default_rng(2), mode=MODE)
+    check_one_region(fn, t)
 
 
 # ---------------------------------------------------------------------------
@@ -471,12 +476,7 @@ def test_diamond():
         right = (x * x).mean("b")  # dims (a,)
         return weighted_cost(left * right + x)  # recombined, broadcast by name
 
-    cost = fn(t)
-    ours = pt.grad(cost, [t])
-    assert len(lazy_nodes(ours)) == 1
-    values = random_values([t])
-    assert_same_gradients(ours, reference_grad(cost, [t]), [t], values)
-    pytensor.gradient.verify_grad(fn, values, rng=np.random.default_rng(2), mode=MODE)
+    check_one_region(fn, t)
 
 
 def test_diamond_labelled_leaf():
