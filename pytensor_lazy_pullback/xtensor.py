@@ -5,12 +5,12 @@ Upstream home: ``pytensor/xtensor/rewriting/lazy_pullback.py``.
 It registers, with the generic machinery of
 :mod:`pytensor_lazy_pullback.registry`,
 
-* every `XOp`, and `Rename`, as un-lowered, lowered by the ``lower_xtensor``
-  rewrites, and the conversions `XTensorFromTensor` / `TensorFromXTensor` as
-  joining the regions they touch (so a gradient with respect to a plain
-  tensor holds no labelled variable outside its `LazyPullback`) (plus :func:`lower_rename`, since ``lower_xtensor`` leaves a
-  ``Rename`` that produces a region output in place, and ``Rename.pullback``
-  is broken in PyTensor 3.3: it renames a dim literally called ``"dims"``);
+* every `XOp` as un-lowered, lowered by the ``lower_xtensor`` rewrites, and
+  the conversions `XTensorFromTensor`, `TensorFromXTensor` and `Rename` as
+  joining the regions they touch (so a gradient with respect to a plain tensor
+  holds no labelled variable outside its `LazyPullback`); `Rename` gets a
+  working pullback (:func:`rename_pullback`: in PyTensor 3.3 it renames a dim
+  literally called ``"dims"``);
 * `XRV` (random draws) as having an undefined gradient, so that
   :func:`pytensor.grad` refuses a gradient through a draw at once, with the
   `NullTypeGradError` the lowered graph would give;
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 from pytensor.graph.basic import Variable
 from pytensor.graph.fg import FunctionGraph
-from pytensor.graph.rewriting.basic import dfs_rewriter, node_rewriter
 from pytensor.graph.rewriting.db import RewriteDatabaseQuery
 from pytensor.tensor.type_other import MakeSlice
 from pytensor.xtensor.basic import (
@@ -37,8 +36,6 @@ from pytensor.xtensor.basic import (
     TensorFromXTensor,
     XOp,
     XTensorFromTensor,
-    tensor_from_xtensor,
-    xtensor_from_tensor,
 )
 from pytensor.xtensor.rewriting.utils import lower_xtensor_db
 from pytensor.xtensor.shape import ones_like, zeros_like
@@ -56,20 +53,12 @@ from pytensor_lazy_pullback.rewriting import expand_lazy_pullback
 
 __all__ = [
     "align_labelled_cotangent",
-    "lower_rename",
+    "rename_pullback",
     "lower_xtensor_graph",
     "xtensor_in_same_class",
 ]
 
 
-@node_rewriter([Rename])
-def lower_rename(fgraph, node):
-    """Rename(x) -> XTensorFromTensor(TensorFromXTensor(x), new_dims)."""
-    [x] = node.inputs
-    return [xtensor_from_tensor(tensor_from_xtensor(x), dims=node.op.new_dims)]
-
-
-_lower_renames = dfs_rewriter(lower_rename, ignore_newtrees=True)
 _lower_xtensor = None
 
 
@@ -81,7 +70,6 @@ def lower_xtensor_graph(fgraph: FunctionGraph) -> None:
 
         _lower_xtensor = optdb.query(RewriteDatabaseQuery(include=["lower_xtensor"]))
     _lower_xtensor.rewrite(fgraph)
-    _lower_renames.rewrite(fgraph)
 
 
 def align_labelled_cotangent(var: Variable, cotangent: Variable) -> Variable:
@@ -108,6 +96,18 @@ def align_labelled_cotangent(var: Variable, cotangent: Variable) -> Variable:
             "A cotangent must have exactly the dims of its variable (in any order)."
         )
     return cotangent.transpose(*var.type.dims)
+
+
+def rename_pullback(self, inputs, outputs, output_grads):
+    """The pullback of `Rename`: rename the cotangent back, position by position.
+
+    The cotangent is first aligned to the renamed output's dims by name.
+    Upstream home: ``Rename.pullback`` in ``pytensor/xtensor/basic.py``.
+    """
+    [x] = inputs
+    [out] = outputs
+    [cotangent] = output_grads
+    return [Rename(x.type.dims)(align_labelled_cotangent(out, cotangent))]
 
 
 def xtensor_in_same_class(self: XTensorType, otype) -> bool:
@@ -137,7 +137,7 @@ def _float_dtype(var: Variable) -> str:
 
 
 register_unlowered_op(XOp, lower_xtensor_graph)
-register_unlowered_op(Rename, lower_xtensor_graph)
+register_unlowered_op(Rename, lower_xtensor_graph, conversion=True)
 register_unlowered_op(XTensorFromTensor, lower_xtensor_graph, conversion=True)
 register_unlowered_op(TensorFromXTensor, lower_xtensor_graph, conversion=True)
 register_undefined_gradient_op(XRV, "No gradient defined for random variables")
@@ -150,6 +150,7 @@ register_cotangent_type(
         ones_like=lambda var: ones_like(var, dtype=_float_dtype(var)),
     ),
 )
+Rename.pullback = rename_pullback
 if "in_same_class" not in vars(XTensorType):
     XTensorType.in_same_class = xtensor_in_same_class
 lower_xtensor_db.register(
