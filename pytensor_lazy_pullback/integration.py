@@ -20,6 +20,10 @@ registered cotangent rules (labelled arrays) get zeros and ones of their kind;
 and ``_pushforward_direct`` (``pushforward(..., use_op_pushforward=True)``),
 which asks every node for its own pushforward: through un-lowered nodes, which
 have none, it computes the pushforward from two lazy pullbacks instead.
+``pushforward`` itself converts its arguments with ``as_tensor_variable``,
+which labelled variables refuse; for those (only) it is rebound to
+:func:`pushforward`, which takes labelled outputs, inputs and tangents (callers
+that imported the original by name keep PyTensor's behaviour for them).
 
 Finally it registers how ``vectorize_graph`` batches a `LazyPullback` (with
 PyTensor's ``_vectorize_node`` dispatcher): by expanding it first.
@@ -33,7 +37,9 @@ from contextlib import contextmanager
 
 import pytensor
 import pytensor.gradient as gradient
+from pytensor.compile.ops import view_op
 from pytensor.gradient import DisconnectedType, disconnected_type, grad_undefined
+from pytensor.graph.basic import Variable
 from pytensor.graph.null_type import NullType
 from pytensor.graph.op import io_connection_pattern
 from pytensor.graph.replace import _vectorize_node, vectorize_graph
@@ -55,6 +61,9 @@ _EXPECTED_SIGNATURES = {
     "_float_zeros_like": ["x"],
     "_float_ones_like": ["x"],
     "_pushforward_direct": ["f", "wrt", "tangents", "disconnected_outputs", "return_disconnected"],
+    "pushforward": [
+        "f", "wrt", "tangents", "disconnected_outputs", "return_disconnected", "use_op_pushforward",
+    ],
     "pushforward_through_pullback": ["outputs", "inputs", "tangents", "disconnected_outputs", "return_disconnected"],
 }
 
@@ -103,6 +112,7 @@ def enable() -> None:
         "_float_zeros_like": _float_zeros_like,
         "_float_ones_like": _float_ones_like,
         "_pushforward_direct": _pushforward_direct,
+        "pushforward": pushforward,
     }
     for name, replacement in replacements.items():
         _originals[name] = getattr(gradient, name)
@@ -170,6 +180,57 @@ def _pushforward_direct(f, wrt, tangents, disconnected_outputs, return_disconnec
     return _originals["_pushforward_direct"](
         f, wrt, tangents, disconnected_outputs, return_disconnected
     )
+
+
+def pushforward(
+    f,
+    wrt,
+    tangents,
+    disconnected_outputs="raise",
+    return_disconnected="zero",
+    use_op_pushforward=False,
+):
+    """:func:`pytensor.gradient.pushforward`, also for labelled variables.
+
+    With labelled outputs, inputs or tangents, the push-forward is built from
+    two lazy pullbacks (whatever `use_op_pushforward` says: un-lowered Ops
+    have no pushforward of their own).  Each tangent is matched to its input
+    by dim name (a `TypeError` names the input if it cannot be), and each
+    result is labelled like its output.
+    """
+    arguments = [*_as_list(f), *_as_list(wrt), *_as_list(tangents)]
+    if not any(
+        isinstance(var, Variable) and cotangent_rules(var) is not None for var in arguments
+    ):
+        return _originals["pushforward"](
+            f, wrt, tangents, disconnected_outputs, return_disconnected, use_op_pushforward
+        )
+    outputs, inputs = _as_list(f), _as_list(wrt)
+    if len(inputs) != len(_as_list(tangents)):
+        raise ValueError("`wrt` must be the same length as `tangents`.")
+    aligned = [align_cotangent(x, t) for x, t in zip(inputs, _as_list(tangents), strict=True)]
+    seeds = [_float_zeros_like(out) for out in outputs]
+    # Views, because pullback's cotangents are final (known_grads): an output
+    # that is an ancestor of another would lose the other's contribution.
+    input_cotangents = gradient.pullback(
+        [view_op(out) for out in outputs],
+        inputs,
+        seeds,
+        disconnected_inputs=disconnected_outputs,
+        return_disconnected="zero",
+    )
+    result = gradient.pullback(
+        input_cotangents,
+        seeds,
+        aligned,
+        disconnected_inputs="ignore",
+        return_disconnected=return_disconnected,
+    )
+    return gradient.as_list_or_tuple(isinstance(f, list), isinstance(f, tuple), result)
+
+
+def _as_list(value):
+    return list(value) if isinstance(value, list | tuple) else [value]
 
 
 def _collapse(var_to_app_to_idx, regions: list[Region]):
