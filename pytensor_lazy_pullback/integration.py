@@ -64,7 +64,6 @@ _EXPECTED_SIGNATURES = {
     "pushforward": [
         "f", "wrt", "tangents", "disconnected_outputs", "return_disconnected", "use_op_pushforward",
     ],
-    "pushforward_through_pullback": ["outputs", "inputs", "tangents", "disconnected_outputs", "return_disconnected"],
 }
 
 _originals: dict[str, object] = {}
@@ -174,7 +173,7 @@ def _float_ones_like(x):
 
 def _pushforward_direct(f, wrt, tangents, disconnected_outputs, return_disconnected):
     if any(is_unlowered(node) for node in applys_between(wrt, f)):
-        return gradient.pushforward_through_pullback(
+        return _pushforward_by_pullbacks(
             f, wrt, tangents, disconnected_outputs, return_disconnected
         )
     return _originals["_pushforward_direct"](
@@ -205,13 +204,25 @@ def pushforward(
         return _originals["pushforward"](
             f, wrt, tangents, disconnected_outputs, return_disconnected, use_op_pushforward
         )
-    outputs, inputs = _as_list(f), _as_list(wrt)
-    if len(inputs) != len(_as_list(tangents)):
+    inputs, given = _as_list(wrt), _as_list(tangents)
+    if len(inputs) != len(given):
         raise ValueError("`wrt` must be the same length as `tangents`.")
-    aligned = [align_cotangent(x, t) for x, t in zip(inputs, _as_list(tangents), strict=True)]
+    aligned = [align_cotangent(x, t) for x, t in zip(inputs, given, strict=True)]
+    result = _pushforward_by_pullbacks(
+        _as_list(f), inputs, aligned, disconnected_outputs, return_disconnected
+    )
+    return gradient.as_list_or_tuple(isinstance(f, list), isinstance(f, tuple), result)
+
+
+def _pushforward_by_pullbacks(outputs, inputs, tangents, disconnected_outputs, return_disconnected):
+    """The push-forward as the pullback of a pullback (J. Towns' trick), lazily.
+
+    Like PyTensor's ``pushforward_through_pullback``, with seeds made by the
+    registered rules (labelled zeros for labelled outputs) and each output
+    through a view: pullback's cotangents are final (known_grads), so an
+    output that is an ancestor of another would lose the other's contribution.
+    """
     seeds = [_float_zeros_like(out) for out in outputs]
-    # Views, because pullback's cotangents are final (known_grads): an output
-    # that is an ancestor of another would lose the other's contribution.
     input_cotangents = gradient.pullback(
         [view_op(out) for out in outputs],
         inputs,
@@ -219,14 +230,13 @@ def pushforward(
         disconnected_inputs=disconnected_outputs,
         return_disconnected="zero",
     )
-    result = gradient.pullback(
+    return gradient.pullback(
         input_cotangents,
         seeds,
-        aligned,
+        tangents,
         disconnected_inputs="ignore",
         return_disconnected=return_disconnected,
     )
-    return gradient.as_list_or_tuple(isinstance(f, list), isinstance(f, tuple), result)
 
 
 def _as_list(value):
