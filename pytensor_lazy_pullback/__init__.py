@@ -18,6 +18,7 @@ from pytensor_lazy_pullback.rewriting import (
     expand_lazy_pullbacks,
 )
 from pytensor_lazy_pullback import xtensor as _xtensor  # noqa: F401  (registrations)
+from pytensor_lazy_pullback import xtensor_transforms as _xtensor_transforms  # noqa: F401
 from pytensor_lazy_pullback.integration import (
     disable,
     enable,

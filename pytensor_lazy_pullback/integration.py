@@ -25,8 +25,14 @@ which labelled variables refuse; for those (only) it is rebound to
 :func:`pushforward`, which takes labelled outputs, inputs and tangents (callers
 that imported the original by name keep PyTensor's behaviour for them).
 
+It applies the function overrides a family registered
+(:func:`~pytensor_lazy_pullback.registry.register_function_override`), and
+restores them in :func:`disable`.
+
 Finally it registers how ``vectorize_graph`` batches a `LazyPullback` (with
-PyTensor's ``_vectorize_node`` dispatcher): by expanding it first.
+PyTensor's ``_vectorize_node`` dispatcher): by expanding it first, then
+batching the expansion (with the family's expansion vectorizer, if one is
+registered).
 """
 
 from __future__ import annotations
@@ -48,7 +54,12 @@ from pytensor.graph.traversal import applys_between
 from pytensor_lazy_pullback.op import LazyPullback, align_cotangent
 from pytensor_lazy_pullback.regions import Region, find_regions
 from pytensor_lazy_pullback.rewriting import expand_node
-from pytensor_lazy_pullback.registry import cotangent_rules, is_unlowered
+from pytensor_lazy_pullback.registry import (
+    cotangent_rules,
+    expansion_vectorizer,
+    function_overrides,
+    is_unlowered,
+)
 
 __all__ = ["disable", "enable", "is_enabled", "integration_disabled"]
 
@@ -67,6 +78,7 @@ _EXPECTED_SIGNATURES = {
 }
 
 _originals: dict[str, object] = {}
+_overridden: list[tuple[object, str, object]] = []
 
 
 def _check_internals() -> None:
@@ -116,6 +128,10 @@ def enable() -> None:
     for name, replacement in replacements.items():
         _originals[name] = getattr(gradient, name)
         setattr(gradient, name, replacement)
+    for override in function_overrides():
+        original = getattr(override.module, override.name)
+        _overridden.append((override.module, override.name, original))
+        setattr(override.module, override.name, override.wrap(original))
 
 
 def disable() -> None:
@@ -123,6 +139,9 @@ def disable() -> None:
     for name, original in _originals.items():
         setattr(gradient, name, original)
     _originals.clear()
+    for module, name, original in reversed(_overridden):
+        setattr(module, name, original)
+    _overridden.clear()
 
 
 def is_enabled() -> bool:
@@ -344,6 +363,7 @@ def _vectorize_lazy_pullback(op, node, *batched_inputs):
     ``vectorize_graph`` (and so ``jacobian(vectorize=True)``) cannot batch an
     opaque region; its expansion is an ordinary graph that it can.
     """
-    return vectorize_graph(
-        expand_node(node), replace=dict(zip(node.inputs, batched_inputs, strict=True))
+    vectorize = expansion_vectorizer() or vectorize_graph
+    return vectorize(
+        expand_node(node), dict(zip(node.inputs, batched_inputs, strict=True))
     )

@@ -14,6 +14,7 @@ from pytensor.gradient import DisconnectedType, NullTypeGradError, pullback
 from pytensor.graph.basic import Apply, Variable, clone_get_equiv
 from pytensor.graph.fg import FunctionGraph
 from pytensor.graph.rewriting.basic import MergeOptimizer, dfs_rewriter, node_rewriter
+from pytensor.graph.traversal import toposort
 
 from pytensor_lazy_pullback.op import LazyPullback
 from pytensor_lazy_pullback.registry import (
@@ -29,6 +30,7 @@ __all__ = [
     "LazyPullbackExpansionError",
     "expand_lazy_pullback",
     "expand_lazy_pullbacks",
+    "with_lazy_pullbacks_expanded",
 ]
 
 EXPAND_POSITION = 0.085
@@ -166,6 +168,27 @@ def expand_lazy_pullbacks(
         _expand_all.rewrite(fgraph)
     MergeOptimizer().rewrite(fgraph)
     return fgraph.outputs[0] if single else list(fgraph.outputs)
+
+
+def with_lazy_pullbacks_expanded(outputs: Sequence[Variable]) -> list[Variable]:
+    """Return `outputs` with every `LazyPullback` among their ancestors expanded.
+
+    Unlike :func:`expand_lazy_pullbacks`, nothing is cloned that does not
+    depend on a `LazyPullback`: the forward graph keeps its own variables, so
+    a replacement keyed on them (as in ``vectorize_graph``) still applies.
+    The given graph is not modified.
+    """
+    new: dict[Variable, Variable] = {}
+    for node in toposort(outputs):
+        inputs = [new.get(inp, inp) for inp in node.inputs]
+        changed = any(a is not b for a, b in zip(inputs, node.inputs, strict=True))
+        if isinstance(node.op, LazyPullback):
+            rebuilt = node.clone_with_new_inputs(inputs, strict=False) if changed else node
+            new.update(zip(node.outputs, expand_node(rebuilt), strict=True))
+        elif changed:
+            rebuilt = node.clone_with_new_inputs(inputs, strict=False)
+            new.update(zip(node.outputs, rebuilt.outputs, strict=True))
+    return [new.get(out, out) for out in outputs]
 
 
 def _describe(node: Apply) -> str:

@@ -27,6 +27,7 @@ as well as lowering the forward graph; and gives `XTensorType` the
 
 from __future__ import annotations
 
+import numpy as np
 from pytensor.graph.basic import Variable
 from pytensor.graph.fg import FunctionGraph
 from pytensor.graph.rewriting.db import RewriteDatabaseQuery
@@ -39,7 +40,8 @@ from pytensor.xtensor.basic import (
 )
 from pytensor.xtensor.rewriting.utils import lower_xtensor_db
 from pytensor.xtensor.shape import ones_like, zeros_like
-from pytensor.xtensor.type import XTensorType
+from pytensor.tensor.basic import constant
+from pytensor.xtensor.type import XTensorType, as_xtensor
 from pytensor.xtensor.vectorization import XRV
 
 from pytensor_lazy_pullback.registry import (
@@ -53,6 +55,7 @@ from pytensor_lazy_pullback.rewriting import expand_lazy_pullback
 
 __all__ = [
     "align_labelled_cotangent",
+    "labelled_ones_like",
     "rename_pullback",
     "lower_xtensor_graph",
     "xtensor_in_same_class",
@@ -129,6 +132,19 @@ def xtensor_in_same_class(self: XTensorType, otype) -> bool:
     )
 
 
+def labelled_ones_like(var: Variable) -> Variable:
+    """Labelled floating-point ones like `var`; a constant if `var` is 0-d.
+
+    The 0-d case is :func:`pytensor.grad`'s seed for a labelled cost: as a
+    constant it does not tie the gradient graph to the forward pass, so that
+    ``vectorize_graph`` of a gradient need not batch the forward graph.
+    """
+    dtype = _float_dtype(var)
+    if var.type.ndim == 0:
+        return as_xtensor(constant(np.ones((), dtype=dtype)), dims=())
+    return ones_like(var, dtype=dtype)
+
+
 def _float_dtype(var: Variable) -> str:
     from pytensor import config
     from pytensor.tensor.type import float_dtypes
@@ -147,7 +163,7 @@ register_cotangent_type(
     CotangentRules(
         align=align_labelled_cotangent,
         zeros_like=lambda var: zeros_like(var, dtype=_float_dtype(var)),
-        ones_like=lambda var: ones_like(var, dtype=_float_dtype(var)),
+        ones_like=labelled_ones_like,
     ),
 )
 Rename.pullback = rename_pullback

@@ -1,0 +1,248 @@
+"""Jacobians and vectorization of lazy gradients of labelled graphs.
+
+Upstream home: the labelled branch of ``jacobian`` in ``pytensor/gradient.py``,
+and :func:`vectorize_expansion` next to ``vectorize_graph`` in
+``pytensor/xtensor/vectorization.py``.
+
+* :func:`jacobian`: :func:`pytensor.gradient.jacobian` calls ``ravel`` and
+  ``reshape`` on its expression, which an `XTensorVariable` does not have.  For
+  a labelled expression the Jacobian is computed on its values and labelled
+  again: with respect to a labelled `wrt` it has the dims
+  ``(*expression.dims, *wrt.dims)``; with respect to a plain tensor it is a
+  tensor of shape ``(*expression.shape, *wrt.shape)``.
+* ``pytensor.xtensor.vectorization.vectorize_graph`` (overridden)
+  tells xtensor Ops the name of the dim it adds, but not other Ops; a
+  `LazyPullback` that only sees plain tensors batched could not name it.  So
+  lazy pullbacks are expanded first, then batched like any labelled graph.
+* :func:`vectorize_expansion`: ``pytensor.graph.replace.vectorize_graph``
+  names no new dim at all; an expanded `LazyPullback` takes the name from its
+  batched labelled inputs.
+
+The three are installed by :func:`pytensor_lazy_pullback.enable` (the first
+two as overrides of PyTensor's public functions, for labelled arguments only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from itertools import count
+
+import pytensor
+import pytensor.gradient
+import pytensor.tensor as pt
+import pytensor.xtensor.vectorization
+from pytensor.graph.basic import Variable
+from pytensor.graph.traversal import ancestors
+from pytensor.graph.replace import vectorize_graph as vectorize_tensor_graph
+from pytensor.tensor.extra_ops import broadcast_to
+from pytensor.tensor.type import TensorType
+from pytensor.xtensor.type import XTensorType, as_xtensor
+from pytensor.xtensor.vectorization import vectorize_graph as vectorize_labelled_graph
+
+from pytensor_lazy_pullback.registry import (
+    register_expansion_vectorizer,
+    register_function_override,
+)
+from pytensor_lazy_pullback.rewriting import with_lazy_pullbacks_expanded
+
+__all__ = ["jacobian", "vectorize_expansion"]
+
+_UNNAMED_DIM = "__unnamed_batch_dim_{}__"
+
+
+def jacobian(
+    expression,
+    wrt,
+    consider_constant=None,
+    disconnected_inputs="raise",
+    vectorize=False,
+):
+    """The Jacobian of a labelled `expression` (:func:`pytensor.gradient.jacobian`).
+
+    Parameters
+    ----------
+    expression : XTensorVariable
+        The labelled variable to differentiate, of any number of dims.
+    wrt : Variable or list or tuple of Variable
+        The variables to differentiate with respect to, labelled or not.
+    consider_constant, disconnected_inputs
+        As for :func:`pytensor.grad`.
+    vectorize : bool
+        Build all rows at once by batching one pullback over the rows of an
+        identity (``vectorize_graph``), instead of a ``Scan`` over rows.
+
+    Returns
+    -------
+    Variable or list or tuple of Variable
+        Shaped like `wrt`.  For a labelled ``w`` an `XTensorVariable` with dims
+        ``(*expression.dims, *w.dims)``; for a plain ``w`` a tensor of shape
+        ``(*expression.shape, *w.shape)``, the expression's axes in its dims'
+        order.  A 0-d `expression` gives its gradients.
+
+    Raises
+    ------
+    ValueError
+        If a labelled ``w`` shares a dim name with `expression`: the Jacobian
+        would have that dim twice.
+    """
+    wrt_list = list(wrt) if isinstance(wrt, list | tuple) else [wrt]
+    for w in wrt_list:
+        if _is_labelled(w) and (shared := set(w.type.dims) & set(expression.type.dims)):
+            dim = sorted(shared)[0]
+            raise ValueError(
+                f"The Jacobian of {expression} (dims {expression.type.dims}) with respect "
+                f"to {w} (dims {w.type.dims}) would have the dims {sorted(shared)} twice. "
+                f"Rename them on one side first, e.g. "
+                f"expression.rename({{{dim!r}: {dim + '_out'!r}}})."
+            )
+    grad_kwargs = {
+        "consider_constant": consider_constant,
+        "disconnected_inputs": disconnected_inputs,
+    }
+    if expression.type.ndim == 0:
+        matrices = pytensor.gradient.grad(expression, wrt_list, **grad_kwargs)
+    else:
+        rows = (_rows_vectorized if vectorize else _rows_by_scan)(
+            expression, wrt_list, grad_kwargs
+        )
+        shape = tuple(expression.values.shape)
+        matrices = [
+            _labelled_like(row.reshape((*shape, *tuple(row.shape)[1:])), expression, w)
+            for row, w in zip(rows, wrt_list, strict=True)
+        ]
+    return pytensor.gradient.as_list_or_tuple(
+        isinstance(wrt, list), isinstance(wrt, tuple), matrices
+    )
+
+
+def _rows_vectorized(expression, wrt, grad_kwargs) -> list[Variable]:
+    """The Jacobian's rows, flattened, from one pullback batched over an identity."""
+    cotangent = expression.type()
+    single = pytensor.gradient.pullback(expression, wrt, cotangent, **grad_kwargs)
+    single = [_values(g) for g in single]
+    row_dim = _fresh_dim({*expression.type.dims, *(d for w in wrt for d in _dims(w))})
+    n_rows = expression.values.size
+    identity = pt.eye(n_rows, dtype=cotangent.type.dtype).reshape(
+        (n_rows, *tuple(expression.values.shape))
+    )
+    batched = as_xtensor(identity, dims=(row_dim, *expression.type.dims))
+    rows = vectorize_labelled_graph(
+        with_lazy_pullbacks_expanded(single), {cotangent: batched}
+    )
+    # A row that does not depend on the cotangent (a disconnected input) is
+    # not batched: repeat it.
+    return [
+        row if row.type.ndim > g.type.ndim else broadcast_to(row, (n_rows, *tuple(row.shape)))
+        for row, g in zip(rows, single, strict=True)
+    ]
+
+
+def _rows_by_scan(expression, wrt, grad_kwargs) -> list[Variable]:
+    """The Jacobian's rows, flattened, one ``grad`` per row in a ``Scan``."""
+    flat = expression.values.ravel()
+
+    def row(index):
+        grads = pytensor.gradient.grad(flat[index], wrt, **grad_kwargs)
+        return [_values(g) for g in grads]
+
+    return pytensor.scan(
+        row,
+        sequences=pt.arange(flat.shape[0]),
+        return_updates=False,
+        return_list=True,
+    )
+
+
+def _expanding_first(original: Callable) -> Callable:
+    """Wrap ``pytensor.xtensor.vectorization.vectorize_graph`` to expand lazy pullbacks first."""
+
+    def vectorize_graph(
+        outputs: Variable | Sequence[Variable],
+        replace: Mapping[Variable, Variable],
+        *,
+        new_tensor_dims: Sequence[str] = (),
+    ):
+        seq = outputs if isinstance(outputs, Sequence) else [outputs]
+        expanded = with_lazy_pullbacks_expanded(list(seq))
+        result = original(expanded, replace, new_tensor_dims=new_tensor_dims)
+        return result if isinstance(outputs, Sequence) else result[0]
+
+    vectorize_graph.__doc__ = original.__doc__
+    vectorize_graph.__wrapped__ = original
+    return vectorize_graph
+
+
+def vectorize_expansion(
+    outputs: list[Variable], replace: dict[Variable, Variable]
+) -> list[Variable]:
+    """Batch an expanded `LazyPullback` for ``pytensor.graph.replace.vectorize_graph``.
+
+    The expansion may hold conversions to labelled variables (a gradient with
+    respect to a labelled input), which need the new dim's name.  It is the
+    new dim of the batched labelled inputs, which positional batch axes of
+    plain tensors share.  If only plain tensors are batched, a labelled result
+    gets a dim named ``__unnamed_batch_dim_0__`` (where PyTensor's own
+    conversion from tensors raises `NotImplementedError`); converted back to a
+    tensor it is an ordinary leading batch axis.
+    """
+    named: list[str] = []
+    n_axes = 0
+    for old, new in replace.items():
+        if _is_labelled(old) and _is_labelled(new):
+            named.extend(d for d in new.type.dims if d not in old.type.dims and d not in named)
+        elif isinstance(old.type, TensorType) and isinstance(new.type, TensorType):
+            n_axes = max(n_axes, new.type.ndim - old.type.ndim)
+    if not named and not n_axes:
+        return vectorize_tensor_graph(outputs, replace)
+    taken = {d for var in ancestors(outputs) for d in _dims(var)} | set(named)
+    unnamed = []
+    while len(unnamed) < n_axes - len(named):
+        unnamed.append(_fresh_dim(taken | set(unnamed)))
+    new_dims = [*unnamed, *named]
+    return vectorize_labelled_graph(
+        outputs, replace, new_tensor_dims=new_dims[len(new_dims) - n_axes :]
+    )
+
+
+def _is_labelled(var) -> bool:
+    return isinstance(getattr(var, "type", None), XTensorType)
+
+
+def _dims(var) -> tuple[str, ...]:
+    return var.type.dims if _is_labelled(var) else ()
+
+
+def _values(var: Variable) -> Variable:
+    return var.values if _is_labelled(var) else var
+
+
+def _labelled_like(matrix: Variable, expression: Variable, w: Variable) -> Variable:
+    if _is_labelled(w):
+        return as_xtensor(matrix, dims=(*expression.type.dims, *w.type.dims))
+    return matrix
+
+
+def _fresh_dim(taken: set[str]) -> str:
+    return next(
+        name for i in count() if (name := _UNNAMED_DIM.format(i)) not in taken
+    )
+
+
+def _jacobian_override(original: Callable) -> Callable:
+    def dispatching_jacobian(
+        expression, wrt, consider_constant=None, disconnected_inputs="raise", vectorize=False
+    ):
+        if _is_labelled(expression):
+            return jacobian(expression, wrt, consider_constant, disconnected_inputs, vectorize)
+        return original(expression, wrt, consider_constant, disconnected_inputs, vectorize)
+
+    dispatching_jacobian.__doc__ = original.__doc__
+    dispatching_jacobian.__wrapped__ = original
+    dispatching_jacobian.__name__ = "jacobian"
+    return dispatching_jacobian
+
+
+register_function_override(pytensor.gradient, "jacobian", _jacobian_override)
+register_function_override(pt, "jacobian", _jacobian_override)
+register_function_override(pytensor.xtensor.vectorization, "vectorize_graph", _expanding_first)
+register_expansion_vectorizer(vectorize_expansion)
