@@ -41,6 +41,7 @@ import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import pytensor
 import pytensor.gradient as gradient
 from pytensor.compile.ops import view_op
@@ -50,6 +51,8 @@ from pytensor.graph.null_type import NullType
 from pytensor.graph.op import io_connection_pattern
 from pytensor.graph.replace import _vectorize_node, vectorize_graph
 from pytensor.graph.traversal import applys_between
+from pytensor.tensor.basic import constant
+from pytensor.tensor.type import float_dtypes
 
 from pytensor_lazy_pullback.op import LazyPullback, align_cotangent
 from pytensor_lazy_pullback.regions import Region, find_regions
@@ -187,6 +190,12 @@ def _float_ones_like(x):
     rules = cotangent_rules(x)
     if rules is not None:
         return rules.ones_like(x)
+    if x.type.ndim == 0 and x.owner is not None and is_unlowered(x.owner):
+        # The seed of a cost computed by an un-lowered node: a constant, so that
+        # the gradient graph does not hold the un-lowered forward pass (which
+        # ``vectorize_graph`` could not batch) just to shape a scalar.
+        dtype = x.type.dtype if x.type.dtype in float_dtypes else pytensor.config.floatX
+        return constant(np.ones((), dtype=dtype))
     return _originals["_float_ones_like"](x)
 
 
