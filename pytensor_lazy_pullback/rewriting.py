@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pytensor.compile import optdb
 from pytensor.compile.ops import view_op
 from pytensor.gradient import DisconnectedType, NullTypeGradError, pullback
-from pytensor.graph.basic import Apply, Variable, clone_get_equiv
+from pytensor.graph.basic import Apply, Constant, Variable, clone_get_equiv
 from pytensor.graph.fg import FunctionGraph
 from pytensor.graph.rewriting.basic import MergeOptimizer, dfs_rewriter, node_rewriter
 from pytensor.graph.traversal import toposort
@@ -52,9 +52,29 @@ def expand_node(node: Apply) -> list[Variable]:
     then substituted for the fresh ones.  Nothing of the graph holding `node`
     is lowered or modified.
     """
+    grads, _ = _expansion(node, fgraph=None)
+    return grads
+
+
+def _expansion(
+    node: Apply, fgraph: FunctionGraph | None
+) -> tuple[list[Variable], dict[Variable, Variable]]:
+    """The expansion of `node`, and lowered replacements for its region's forward outputs.
+
+    If `fgraph` holds the forward pass of the region (its un-lowered nodes, as
+    the user built them), each forward output found there is mapped to the
+    lowered copy the gradient is built on: replacing it lowers that part of
+    the forward pass once, shared with the gradient, instead of leaving
+    ``lower_xtensor`` to lower it a second time.
+    """
     op: LazyPullback = node.op
     inner = op.fgraph.unfreeze()
+    n_out = len(inner.outputs)
+    forward = _find_forward(fgraph, node, inner) if fgraph is not None else {}
+    for var in forward:
+        inner.add_output(var)  # tracked through the lowering
     lower_graph(inner, context=node)
+    outputs, lowered = inner.outputs[:n_out], inner.outputs[n_out:]
 
     n_in = len(inner.inputs)
     cotangents = node.inputs[n_in:]
@@ -66,7 +86,7 @@ def expand_node(node: Apply) -> list[Variable]:
     # otherwise lose what flows back into it from the other output.
     try:
         grads = pullback(
-            [view_op(out) for out in inner.outputs],
+            [view_op(out) for out in outputs],
             wrt,
             fresh_cotangents,
             disconnected_inputs="ignore",
@@ -83,11 +103,65 @@ def expand_node(node: Apply) -> list[Variable]:
 
     memo = dict(zip([*inner.inputs, *fresh_cotangents], node.inputs, strict=True))
     equiv = clone_get_equiv(
-        [*inner.inputs, *fresh_cotangents], grads, copy_inputs=False, memo=memo
+        [*inner.inputs, *fresh_cotangents], [*grads, *lowered], copy_inputs=False, memo=memo
     )
-    return [
+    new_grads = [
         _like(out, equiv.get(g, g)) for out, g in zip(node.outputs, grads, strict=True)
     ]
+    replacements = {
+        outer: _like(outer, equiv.get(low, low))
+        for outer, low in zip(forward.values(), lowered, strict=True)
+    }
+    return new_grads, replacements
+
+
+def _find_forward(
+    fgraph: FunctionGraph, node: Apply, inner: FunctionGraph
+) -> dict[Variable, Variable]:
+    """Map variables of the region `inner` to the variables of `fgraph` computing them.
+
+    Walks the region from the node's inputs as ``MergeOptimizer`` would: an
+    inner node is found in `fgraph` if a client of its (found) inputs applies
+    an equal Op to the same inputs.  Only outputs of un-lowered nodes that the
+    rest of `fgraph` reads are returned: the region's outputs, and interior
+    variables that something outside the region uses (e.g. for its shape).
+    """
+    found: dict[Variable, Variable] = dict(zip(inner.inputs, node.inputs, strict=False))
+    matched: set[Apply] = set()
+    for inner_node in inner.toposort():
+        outer_inputs = [found.get(var, var) for var in inner_node.inputs]
+        anchors = [var for var in outer_inputs if var in fgraph.clients]
+        if not anchors or len(anchors) + _n_constants(inner_node.inputs) < len(outer_inputs):
+            continue
+        anchor = min(anchors, key=lambda var: len(fgraph.clients[var]))
+        for client, _ in fgraph.clients[anchor]:
+            if (
+                isinstance(client, Apply)
+                and client.op == inner_node.op
+                and len(client.inputs) == len(outer_inputs)
+                and all(map(_same_input, client.inputs, outer_inputs))
+            ):
+                found.update(zip(inner_node.outputs, client.outputs, strict=True))
+                matched.add(client)
+                break
+    read_outside = {}
+    for var, outer in found.items():
+        if var.owner is None or not is_unlowered(var.owner):
+            continue  # an input, or an ordinary node the region absorbed
+        clients = fgraph.clients.get(outer, ())
+        if var in inner.outputs or any(client not in matched for client, _ in clients):
+            read_outside[var] = outer
+    return read_outside
+
+
+def _n_constants(variables) -> int:
+    return sum(isinstance(var, Constant) for var in variables)
+
+
+def _same_input(outer: Variable, expected: Variable) -> bool:
+    if outer is expected:
+        return True
+    return isinstance(outer, Constant) and isinstance(expected, Constant) and outer.equals(expected)
 
 
 def lower_graph(fgraph: FunctionGraph, context: Apply | None = None) -> None:
@@ -124,8 +198,13 @@ def lower_graph(fgraph: FunctionGraph, context: Apply | None = None) -> None:
 
 @node_rewriter([LazyPullback])
 def expand_lazy_pullback(fgraph, node):
-    """Replace a `LazyPullback` by the pullback of its lowered region."""
-    return expand_node(node)
+    """Replace a `LazyPullback` by the pullback of its lowered region.
+
+    The region's forward outputs, where `fgraph` computes them, are replaced
+    by the lowered copy the pullback is built on.
+    """
+    grads, forward = _expansion(node, fgraph)
+    return {**dict(zip(node.outputs, grads, strict=True)), **forward}
 
 
 _expand_all = dfs_rewriter(expand_lazy_pullback, ignore_newtrees=True)
