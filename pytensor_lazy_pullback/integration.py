@@ -48,7 +48,6 @@ from pytensor.compile.ops import view_op
 from pytensor.gradient import DisconnectedType, disconnected_type, grad_undefined
 from pytensor.graph.basic import Variable
 from pytensor.graph.null_type import NullType
-from pytensor.graph.op import io_connection_pattern
 from pytensor.graph.replace import _vectorize_node, vectorize_graph
 from pytensor.graph.traversal import applys_between
 from pytensor.tensor.basic import constant
@@ -325,7 +324,7 @@ class _RegionPullback:
 
     def connection_pattern(self, node):
         if self._pattern is None:
-            structural = io_connection_pattern(self.region.inputs, self.region.outputs)
+            structural = self.region.connection_pattern()
             self._pattern = [
                 [
                     connected and (differentiable or undefined is not None)

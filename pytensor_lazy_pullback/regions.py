@@ -68,6 +68,31 @@ class Region:
         ops = ", ".join(dict.fromkeys(str(node.op) for node in self.nodes))
         return f"region of {len(self.nodes)} node(s) [{ops}]"
 
+    def connection_pattern(self) -> list[list[bool]]:
+        """For each input, whether each output depends on it.
+
+        As :func:`pytensor.graph.op.io_connection_pattern` (honouring each
+        node's ``connection_pattern``), but with one bit set per variable, so
+        memory and time stay linear in the region's size.
+        """
+        reach = {var: 1 << i for i, var in enumerate(self.inputs)}
+        for node in self.nodes:
+            try:
+                pattern = node.op.connection_pattern(node)
+            except AttributeError:
+                pattern = None
+            in_bits = [reach.get(var, 0) for var in node.inputs]
+            for j, out in enumerate(node.outputs):
+                bits = 0
+                for i, inp_bits in enumerate(in_bits):
+                    if pattern is None or pattern[i][j]:
+                        bits |= inp_bits
+                reach[out] = bits
+        return [
+            [bool(reach.get(out, 0) >> i & 1) for out in self.outputs]
+            for i in range(len(self.inputs))
+        ]
+
 
 def find_regions(
     consumers: Mapping[Variable, Mapping[Apply, Sequence[int]]],
