@@ -12,7 +12,7 @@ from pytensor.compile.mode import Mode, get_mode
 from pytensor.graph.basic import Variable
 from pytensor.graph.replace import clone_replace
 from pytensor.graph.rewriting.utils import rewrite_graph
-from pytensor.graph.traversal import applys_between, graph_inputs
+from pytensor.graph.traversal import ancestors, applys_between, graph_inputs
 from pytensor.xtensor.basic import XOp
 from pytensor.xtensor.type import XTensorType
 
@@ -156,3 +156,33 @@ def n_apply_nodes(inputs, outputs, mode=COUNT_MODE):
 
 def xop_nodes(fgraph_nodes):
     return [n for n in fgraph_nodes if isinstance(n.op, XOp | LazyPullback)]
+
+
+def graph_snapshot(outputs):
+    """Every variable's owner, name, tag, type and output index; every node's inputs, outputs and Op."""
+    variables = list(ancestors(outputs))
+    nodes = list(applys_between(list(graph_inputs(outputs)), outputs))
+    return (
+        {
+            id(v): (v, v.owner, v.name, dict(vars(v.tag)), v.type, getattr(v, "index", None))
+            for v in variables
+        },
+        {id(n): (n, list(n.inputs), list(n.outputs), n.op) for n in nodes},
+    )
+
+
+def assert_graph_unchanged(before, after):
+    """Assert two `graph_snapshot`\\ s of one graph are the same (nothing was mutated)."""
+    (before_vars, before_nodes), (after_vars, after_nodes) = before, after
+    assert before_vars.keys() == after_vars.keys(), "the set of variables of the graph changed"
+    assert before_nodes.keys() == after_nodes.keys(), "the set of apply nodes of the graph changed"
+    for key, (var, owner, *facts) in before_vars.items():
+        _, owner_after, *facts_after = after_vars[key]
+        assert owner_after is owner, f"owner of {var} changed"
+        assert facts_after == facts, f"name, tag, type or index of {var} changed"
+    for key, (node, inputs, outputs, op) in before_nodes.items():
+        _, inputs_after, outputs_after, op_after = after_nodes[key]
+        assert len(inputs_after) == len(inputs), node
+        assert all(a is b for a, b in zip(inputs_after, inputs)), f"inputs of {node} changed"
+        assert all(a is b for a, b in zip(outputs_after, outputs, strict=True)), node
+        assert op_after is op, f"Op of {node} changed"

@@ -14,13 +14,15 @@ import pytensor.xtensor as px
 import pytensor.xtensor.math as pxm
 import pytest
 from pytensor.gradient import DisconnectedInputError, DisconnectedType
-from pytensor.graph.traversal import ancestors, applys_between, graph_inputs
+from pytensor.graph.traversal import ancestors
 from pytensor.xtensor.type import XTensorType, XTensorVariable
 
 from reference import (
     MODE,
+    assert_graph_unchanged,
     assert_lazy,
     assert_same_gradients,
+    graph_snapshot,
     compile_values,
     lazy_nodes,
     lower,
@@ -493,19 +495,6 @@ def test_diamond_labelled_leaf():
 # ---------------------------------------------------------------------------
 
 
-def snapshot(outputs):
-    inputs = list(graph_inputs(outputs))
-    variables = list(ancestors(outputs))
-    nodes = list(applys_between(inputs, outputs))
-    return (
-        {
-            id(v): (v, v.owner, v.name, dict(vars(v.tag)), v.type, getattr(v, "index", None))
-            for v in variables
-        },
-        {id(n): (n, list(n.inputs), list(n.outputs), n.op) for n in nodes},
-    )
-
-
 def test_user_graph_unchanged():
     t = pt.tensor("t", shape=(3, 4))
     x = px.as_xtensor(t, dims=("a", "b"))
@@ -519,22 +508,11 @@ def test_user_graph_unchanged():
     cost.name = "cost"
     outputs = [cost]
 
-    before_vars, before_nodes = snapshot(outputs)
+    before = graph_snapshot(outputs)
     grads = pt.grad(cost, [t, y, x, h, v])
     grads += pt.grad(cost, [t], consider_constant=[h])
     grads += pt.grad(None, [t], known_grads={h: px.xtensor("g", dims=h.type.dims, shape=(3, 4))})
-    after_vars, after_nodes = snapshot(outputs)
-
-    assert before_vars.keys() == after_vars.keys()
-    assert before_nodes.keys() == after_nodes.keys()
-    for key, before in before_vars.items():
-        assert after_vars[key][1] is before[1]
-        assert after_vars[key][2:] == before[2:]
-    for key, before in before_nodes.items():
-        after = after_nodes[key]
-        assert all(a is b for a, b in zip(after[1], before[1], strict=True))
-        assert all(a is b for a, b in zip(after[2], before[2], strict=True))
-        assert after[3] is before[3]
+    assert_graph_unchanged(before, graph_snapshot(outputs))
     # Nothing of the user's graph is lowered in place either.
     assert h.owner.op.__class__.__name__ == "XElemwise"
     assert_lazy(grads)

@@ -20,7 +20,7 @@ import pytensor.xtensor.math as pxm
 import pytest
 from pytensor.graph.basic import equal_computations
 from pytensor.graph.replace import vectorize_graph as replace_vectorize_graph
-from pytensor.graph.traversal import ancestors, applys_between, graph_inputs
+from pytensor.graph.traversal import applys_between, graph_inputs
 from pytensor.scan.op import Scan
 from pytensor.tensor.elemwise import CAReduce
 from pytensor.tensor.type import TensorType
@@ -32,6 +32,8 @@ from pytensor_lazy_pullback import LazyPullback, integration_disabled
 # look it up as a module attribute, after importing the add-on.
 import pytensor.xtensor.vectorization as xvec
 from reference import (
+    assert_graph_unchanged,
+    graph_snapshot,
     MODE,
     assert_lazy,
     assert_same_gradients,
@@ -620,31 +622,6 @@ def test_second_order_graph_vectorized(flavour):
     )
 
 
-def snapshot(outputs):
-    inputs = list(graph_inputs(outputs))
-    variables = list(ancestors(outputs))
-    nodes = list(applys_between(inputs, outputs))
-    return (
-        {id(v): (v, v.owner, v.name, dict(vars(v.tag)), v.type) for v in variables},
-        {id(n): (n, list(n.inputs), list(n.outputs), n.op) for n in nodes},
-    )
-
-
-def assert_unchanged(before, after):
-    before_vars, before_nodes = before
-    after_vars, after_nodes = after
-    assert before_vars.keys() == after_vars.keys()
-    assert before_nodes.keys() == after_nodes.keys()
-    for key, old in before_vars.items():
-        assert after_vars[key][1] is old[1]
-        assert after_vars[key][2:] == old[2:]
-    for key, old in before_nodes.items():
-        new = after_nodes[key]
-        assert all(a is b for a, b in zip(new[1], old[1], strict=True))
-        assert all(a is b for a, b in zip(new[2], old[2], strict=True))
-        assert new[3] is old[3]
-
-
 def test_vectorizing_does_not_mutate_the_users_graph():
     t = pt.tensor("t", shape=(3,))
     x = px.as_xtensor(t, dims=("a",))
@@ -657,7 +634,7 @@ def test_vectorizing_does_not_mutate_the_users_graph():
     outputs = [cost, *grads, hv]
     n_lazy = len(lazy_nodes(outputs))
     assert n_lazy
-    before = snapshot(outputs)
+    before = graph_snapshot(outputs)
 
     db = px.xtensor("db", dims=("b", "a"), shape=(2, 3))
     tb = pt.tensor("tb", shape=(2, 3))
@@ -668,7 +645,7 @@ def test_vectorizing_does_not_mutate_the_users_graph():
         gradient.jacobian(grads[1].rename(a="i"), d, vectorize=True),
         gradient.jacobian(grads[1].rename(a="i"), d, vectorize=False),
     ]
-    assert_unchanged(before, snapshot(outputs))
+    assert_graph_unchanged(before, graph_snapshot(outputs))
     assert len(lazy_nodes(outputs)) == n_lazy
     assert x.owner.op.__class__.__name__ == "XTensorFromTensor"
 
