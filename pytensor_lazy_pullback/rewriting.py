@@ -6,6 +6,7 @@ Upstream home: ``pytensor/tensor/rewriting/lazy_pullback.py`` (registration in
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 
 from pytensor.compile import optdb
@@ -74,6 +75,9 @@ def _expansion(
     for var in forward:
         inner.add_output(var)  # tracked through the lowering
     lower_graph(inner, context=node)
+    # One conversion per labelled input (the lowering converts it at each use):
+    # its cotangents then add up as tensors, not as labelled (un-lowered) sums.
+    MergeOptimizer().rewrite(inner)
     outputs, lowered = inner.outputs[:n_out], inner.outputs[n_out:]
 
     n_in = len(inner.inputs)
@@ -126,12 +130,27 @@ def _find_forward(
     rest of `fgraph` reads are returned: the region's outputs, and interior
     variables that something outside the region uses (e.g. for its shape).
     """
-    found: dict[Variable, Variable] = dict(zip(inner.inputs, node.inputs, strict=False))
+    found: dict[Variable, Variable] = dict(
+        zip(inner.inputs, node.inputs[: len(inner.inputs)], strict=True)
+    )
     matched: set[Apply] = set()
+    outer_constants: dict | None = None
     for inner_node in inner.toposort():
+        for var in inner_node.inputs:
+            if isinstance(var, Constant) and var not in found:
+                if outer_constants is None:
+                    outer_constants = defaultdict(list)
+                    for const in fgraph.variables:
+                        if isinstance(const, Constant):
+                            outer_constants[const.type].append(const)
+                found[var] = next(
+                    (c for c in outer_constants.get(var.type, ()) if c.equals(var)), var
+                )
         outer_inputs = [found.get(var, var) for var in inner_node.inputs]
+        # Prefer a variable to a constant: equal constants need not be merged yet.
         anchors = [var for var in outer_inputs if var in fgraph.clients]
-        if not anchors or len(anchors) + _n_constants(inner_node.inputs) < len(outer_inputs):
+        anchors = [var for var in anchors if not isinstance(var, Constant)] or anchors
+        if not anchors:
             continue
         anchor = min(anchors, key=lambda var: len(fgraph.clients[var]))
         for client, _ in fgraph.clients[anchor]:
@@ -152,10 +171,6 @@ def _find_forward(
         if var in inner.outputs or any(client not in matched for client, _ in clients):
             read_outside[var] = outer
     return read_outside
-
-
-def _n_constants(variables) -> int:
-    return sum(isinstance(var, Constant) for var in variables)
 
 
 def _same_input(outer: Variable, expected: Variable) -> bool:
@@ -230,17 +245,21 @@ def expand_lazy_pullbacks(
     outputs
         The graph's outputs, e.g. gradients returned by :func:`pytensor.grad`.
     lower
-        Also lower every other un-lowered Op (e.g. the xtensor forward pass), so
-        the result holds only ordinary Ops.
+        Also lower every other un-lowered Op, so the result holds only ordinary
+        Ops.  Without it, the forward pass of an expanded region is lowered
+        only where the graph computes it (as at compile time).
 
     Returns
     -------
     Variable or list of Variable
-        The rewritten copy, shaped like `outputs`, with identical subgraphs
-        merged (as compilation would).  The original graph is not modified.
+        The rewritten copy, shaped like `outputs`, on the same input variables
+        (so it compiles with them), with identical subgraphs merged (as
+        compilation would).  The original graph is not modified.
     """
     single = isinstance(outputs, Variable)
-    fgraph = FunctionGraph(outputs=[outputs] if single else list(outputs), clone=True)
+    fgraph = FunctionGraph(
+        outputs=[outputs] if single else list(outputs), clone=True, copy_inputs=False
+    )
     if lower:
         lower_graph(fgraph)
     else:

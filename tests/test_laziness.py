@@ -17,7 +17,7 @@ from pytensor.tensor.elemwise import CAReduce
 from pytensor.xtensor.basic import XOp
 
 import pytensor_lazy_pullback.registry as registry
-from pytensor_lazy_pullback import LazyPullback
+from pytensor_lazy_pullback import LazyPullback, expand_lazy_pullbacks
 from reference import (
     assert_same_gradients,
     compile_values,
@@ -224,6 +224,35 @@ def test_compiled_gradient_not_larger_than_reference(name):
     want = ref_fn(*values)
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", list(GRAPHS))
+def test_expansion_lowers_the_shared_forward_pass_once(name):
+    """Expanding ``[cost, *grads]`` replaces the region's forward pass by the
+    lowered copy the pullback is built on: nothing is left for ``lower_xtensor``
+    to lower a second time, and the expanded graph computes the same values."""
+    inputs, wrt, cost = GRAPHS[name]()
+    grads = pt.grad(cost, wrt)
+    assert xop_nodes(graph_nodes([cost]))
+    expanded = expand_lazy_pullbacks([cost, *grads])
+    assert not lazy_nodes(expanded)
+    assert not xop_nodes(graph_nodes(expanded))
+    # The user's forward graph is still un-lowered: only the copy was rewritten.
+    assert xop_nodes(graph_nodes([cost]))
+
+    [lowered] = lower([cost])
+    refs = pt.grad(lowered, wrt)
+    assert_same_gradients(expanded, [lowered, *refs], inputs, random_values(inputs))
+
+
+def test_expansion_without_the_forward_pass_leaves_it_alone():
+    """Compiling the gradient alone (no forward output) lowers only the copy."""
+    inputs, wrt, cost = GRAPHS["mean_std"]()
+    grads = pt.grad(cost, wrt)
+    expanded = expand_lazy_pullbacks(grads)
+    assert not lazy_nodes(expanded) and not xop_nodes(graph_nodes(expanded))
+    [lowered] = lower([cost])
+    assert_same_gradients(expanded, pt.grad(lowered, wrt), inputs, random_values(inputs))
 
 
 # ---------------------------------------------------------------------------
