@@ -41,6 +41,7 @@ from reference import (
     MODE,
     assert_graph_unchanged,
     graph_snapshot,
+    lower,
     random_values,
     reference_grad,
     weighted_cost,
@@ -387,7 +388,12 @@ def check_program(source: str, seed: int = 0) -> str:
             assert g.type.dims == w.type.dims, (g.type, w.type)
 
     refs = reference_grad(cost, wrt, disconnected_inputs="ignore")
-    return assert_same_gradients_one_function(ours, refs, inputs, random_values(inputs, seed))
+    # The forward pass is compiled with the gradients (as users do), so the
+    # expansion shares its lowered copy with it: check those values too.
+    computed = [var for var in [cost, *nodes] if var.owner is not None]
+    return assert_same_gradients_one_function(
+        [*ours, *computed], [*refs, *lower(computed)], inputs, random_values(inputs, seed)
+    )
 
 
 @settings(
