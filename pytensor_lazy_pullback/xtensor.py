@@ -31,6 +31,7 @@ import numpy as np
 from pytensor.graph.basic import Variable
 from pytensor.graph.fg import FunctionGraph
 from pytensor.graph.rewriting.db import RewriteDatabaseQuery
+from pytensor.tensor.basic import constant
 from pytensor.tensor.type_other import MakeSlice
 from pytensor.xtensor.basic import (
     Rename,
@@ -40,7 +41,6 @@ from pytensor.xtensor.basic import (
 )
 from pytensor.xtensor.rewriting.utils import lower_xtensor_db
 from pytensor.xtensor.shape import ones_like, zeros_like
-from pytensor.tensor.basic import constant
 from pytensor.xtensor.type import XTensorType, as_xtensor
 from pytensor.xtensor.vectorization import XRV
 

@@ -364,6 +364,19 @@ def per_example(fn, *batched_and_fixed):
     return [np.stack(col) for col in zip(*rows, strict=True)]
 
 
+def assert_matches_loop(single, loop_args, batched_inputs, batched_outputs, batched_values):
+    """The batched outputs equal a Python loop of the unbatched graph over the batch.
+
+    `single` is ``(inputs, outputs)`` of the unbatched graph and `loop_args` its
+    arguments for `per_example`.  Returns the batched values.
+    """
+    loop = per_example(pytensor.function(*single, mode=MODE), *loop_args)
+    got = compile_values(batched_inputs, batched_outputs, batched_values)
+    for value, want in zip(got, loop, strict=True):
+        np.testing.assert_allclose(value, want, rtol=1e-12)
+    return got
+
+
 def cost_of(x):
     """A scalar (tensor) cost of a labelled ("a",) variable of size 3."""
     w = px.as_xtensor(W_A, dims=("a",))
@@ -394,10 +407,8 @@ def test_batched_labelled_wrt_gives_per_example_gradients(flavour, batch_first):
     assert gb.type.dims == ("b", "a") and gb.type.shape == (2, 3)
 
     [xb_value] = values_of([xb])
-    single = pytensor.function([x], [g], mode=MODE)
-    [loop] = per_example(single, (xb_value if batch_first else xb_value.T.copy(), True))
-    [got] = compile_values([xb], [gb], [xb_value])
-    np.testing.assert_allclose(got, loop, rtol=1e-12)
+    loop_value = xb_value if batch_first else xb_value.T.copy()
+    assert_matches_loop(([x], [g]), [(loop_value, True)], [xb], [gb], [xb_value])
     # The reference vectorized by the xtensor vectorizer (PyTensor's
     # graph.replace one cannot name the new dim of the reference).
     [ref] = reference_grad(cost_of(x), [x])
@@ -414,10 +425,7 @@ def test_batched_plain_leaf_gives_per_example_gradients_xtensor_flavour():
     assert gb_x.type.dims == ("b", "a") and gb_x.type.shape == (2, 3)
 
     [tb_value] = values_of([tb])
-    loop_t, loop_x = per_example(pytensor.function([t], [g_t, g_x], mode=MODE), (tb_value, True))
-    got_t, got_x = compile_values([tb], [gb_t, gb_x], [tb_value])
-    np.testing.assert_allclose(got_t, loop_t, rtol=1e-12)
-    np.testing.assert_allclose(got_x, loop_x, rtol=1e-12)
+    assert_matches_loop(([t], [g_t, g_x]), [(tb_value, True)], [tb], [gb_t, gb_x], [tb_value])
 
     refs = reference_grad(cost_of(x), [t, x])
     assert_same_gradients(
@@ -496,12 +504,10 @@ def test_replace_flavour_names_plain_batch_axes_like_the_labelled_ones():
     assert gb_t.type.shape == (4, 2)
 
     xb_value, tb_value = values_of([xb, tb])
-    loop_x, loop_t = per_example(
-        pytensor.function([x, t], [g_x, g_t], mode=MODE), (xb_value, True), (tb_value, True)
+    assert_matches_loop(
+        ([x, t], [g_x, g_t]), [(xb_value, True), (tb_value, True)],
+        [xb, tb], [gb_x, gb_t], [xb_value, tb_value],
     )
-    got_x, got_t = compile_values([xb, tb], [gb_x, gb_t], [xb_value, tb_value])
-    np.testing.assert_allclose(got_x, loop_x, rtol=1e-12)
-    np.testing.assert_allclose(got_t, loop_t, rtol=1e-12)
 
 
 def test_replace_flavour_with_a_converted_batched_tensor_in_the_forward_graph():
@@ -537,11 +543,9 @@ def test_unbatched_cotangent_is_broadcast(flavour):
 
     xb_value, c_value = values_of([xb, c])
     c_value = c_value - 1.0  # signs vary
-    [loop] = per_example(
-        pytensor.function([x, c], [g], mode=MODE), (xb_value, True), (c_value, False)
+    assert_matches_loop(
+        ([x, c], [g]), [(xb_value, True), (c_value, False)], [xb, c], [gb], [xb_value, c_value]
     )
-    [got] = compile_values([xb, c], [gb], [xb_value, c_value])
-    np.testing.assert_allclose(got, loop, rtol=1e-12)
 
     ref = gradient.pullback(lower(y), x, c)
     assert_same_gradients(
@@ -559,11 +563,10 @@ def test_batched_cotangent_unbatched_input(flavour):
 
     x_value, cb_value = values_of([x, cb])
     cb_value = cb_value - 1.0
-    [loop] = per_example(
-        pytensor.function([x, c], [g], mode=MODE), (x_value, False), (cb_value.T.copy(), True)
+    [got] = assert_matches_loop(
+        ([x, c], [g]), [(x_value, False), (cb_value.T.copy(), True)],
+        [x, cb], [gb], [x_value, cb_value],
     )
-    [got] = compile_values([x, cb], [gb], [x_value, cb_value])
-    np.testing.assert_allclose(got, loop, rtol=1e-12)
     # Linear in the cotangent: the sum over the batch is the pullback of the summed cotangent.
     [summed] = compile_values([x, c], [g], [x_value, cb_value.sum(1)])
     np.testing.assert_allclose(got.sum(0), summed, rtol=1e-10)
@@ -582,12 +585,10 @@ def test_shared_parameter_gives_per_example_gradients(flavour):
     assert gb_d.type.dims == ("b", "a")
 
     db_value, w_value = values_of([db, w])
-    loop_w, loop_d = per_example(
-        pytensor.function([d, w], [g_w, g_d], mode=MODE), (db_value, True), (w_value, False)
+    got_w, _ = assert_matches_loop(
+        ([d, w], [g_w, g_d]), [(db_value, True), (w_value, False)],
+        [db, w], [gb_w, gb_d], [db_value, w_value],
     )
-    got_w, got_d = compile_values([db, w], [gb_w, gb_d], [db_value, w_value])
-    np.testing.assert_allclose(got_w, loop_w, rtol=1e-12)
-    np.testing.assert_allclose(got_d, loop_d, rtol=1e-12)
     # The per-example gradients differ (the test would notice a broadcast of one example).
     assert not np.allclose(got_w[0], got_w[1])
 
@@ -610,10 +611,7 @@ def test_second_order_graph_vectorized(flavour):
     assert hvb.type.dims == ("b", "a") and gb.type.dims == ("b", "a")
 
     [xb_value] = values_of([xb])
-    loop_g, loop_hv = per_example(pytensor.function([x], [g, hv], mode=MODE), (xb_value, True))
-    got_g, got_hv = compile_values([xb], [gb, hvb], [xb_value])
-    np.testing.assert_allclose(got_g, loop_g, rtol=1e-12)
-    np.testing.assert_allclose(got_hv, loop_hv, rtol=1e-12)
+    assert_matches_loop(([x], [g, hv]), [(xb_value, True)], [xb], [gb, hvb], [xb_value])
 
     [ref_g] = reference_grad(cost_of(x), [x])
     [ref_hv] = pt.grad((lower(ref_g) * v).sum().values, [x])
