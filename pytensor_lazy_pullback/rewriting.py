@@ -6,7 +6,6 @@ Upstream home: ``pytensor/tensor/rewriting/lazy_pullback.py`` (registration in
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 
 from pytensor.compile import optdb
@@ -125,41 +124,57 @@ def _find_forward(
     """Map variables of the region `inner` to the variables of `fgraph` computing them.
 
     Walks the region from the node's inputs as ``MergeOptimizer`` would: an
-    inner node is found in `fgraph` if a client of its (found) inputs applies
-    an equal Op to the same inputs.  Only outputs of un-lowered nodes that the
-    rest of `fgraph` reads are returned: the region's outputs, and interior
-    variables that something outside the region uses (e.g. for its shape).
+    inner node is found in `fgraph` if a client of one of its found inputs
+    applies an equal Op to the same inputs (a constant subgraph, such as a
+    slice, is compared where it is used).  Only outputs of un-lowered nodes
+    that the rest of `fgraph` reads are returned: the region's outputs, and
+    interior variables that something outside the region uses (e.g. for its
+    shape).
     """
     found: dict[Variable, Variable] = dict(
         zip(inner.inputs, node.inputs[: len(inner.inputs)], strict=True)
     )
     matched: set[Apply] = set()
-    outer_constants: dict | None = None
-    for inner_node in inner.toposort():
-        for var in inner_node.inputs:
-            if isinstance(var, Constant) and var not in found:
-                if outer_constants is None:
-                    outer_constants = defaultdict(list)
-                    for const in fgraph.variables:
-                        if isinstance(const, Constant):
-                            outer_constants[const.type].append(const)
-                found[var] = next(
-                    (c for c in outer_constants.get(var.type, ()) if c.equals(var)), var
-                )
-        outer_inputs = [found.get(var, var) for var in inner_node.inputs]
-        # Prefer a variable to a constant: equal constants need not be merged yet.
-        anchors = [var for var in outer_inputs if var in fgraph.clients]
-        anchors = [var for var in anchors if not isinstance(var, Constant)] or anchors
+    order = inner.toposort()
+    constant_nodes: set[Apply] = set()  # computed from constants only
+    for inner_node in order:
+        if all(
+            isinstance(var, Constant) or var.owner in constant_nodes
+            for var in inner_node.inputs
+        ):
+            constant_nodes.add(inner_node)
+
+    def same(outer: Variable, var: Variable) -> bool:
+        if var in found:
+            return found[var] is outer
+        if isinstance(var, Constant):
+            return isinstance(outer, Constant) and outer.equals(var)
+        if var.owner not in constant_nodes or outer.owner is None or outer.index != var.index:
+            return False
+        if not same_node(outer.owner, var.owner):
+            return False
+        found.update(zip(var.owner.outputs, outer.owner.outputs, strict=True))
+        matched.add(outer.owner)
+        return True
+
+    def same_node(client: Apply, inner_node: Apply) -> bool:
+        return (
+            client.op == inner_node.op
+            and len(client.inputs) == len(inner_node.inputs)
+            and all(map(same, client.inputs, inner_node.inputs))
+        )
+
+    for inner_node in order:
+        anchors = [
+            found[var]
+            for var in inner_node.inputs
+            if var in found and found[var] in fgraph.clients
+        ]
         if not anchors:
-            continue
+            continue  # constants only: compared where used
         anchor = min(anchors, key=lambda var: len(fgraph.clients[var]))
         for client, _ in fgraph.clients[anchor]:
-            if (
-                isinstance(client, Apply)
-                and client.op == inner_node.op
-                and len(client.inputs) == len(outer_inputs)
-                and all(map(_same_input, client.inputs, outer_inputs))
-            ):
+            if isinstance(client, Apply) and same_node(client, inner_node):
                 found.update(zip(inner_node.outputs, client.outputs, strict=True))
                 matched.add(client)
                 break
@@ -171,12 +186,6 @@ def _find_forward(
         if var in inner.outputs or any(client not in matched for client, _ in clients):
             read_outside[var] = outer
     return read_outside
-
-
-def _same_input(outer: Variable, expected: Variable) -> bool:
-    if outer is expected:
-        return True
-    return isinstance(outer, Constant) and isinstance(expected, Constant) and outer.equals(expected)
 
 
 def lower_graph(fgraph: FunctionGraph, context: Apply | None = None) -> None:

@@ -194,10 +194,11 @@ def vectorize_expansion(
             n_axes = max(n_axes, new.type.ndim - old.type.ndim)
     if not named and not n_axes:
         return vectorize_tensor_graph(outputs, replace)
-    taken = {d for var in ancestors(outputs) for d in _dims(var)} | set(named)
-    unnamed = []
-    while len(unnamed) < n_axes - len(named):
-        unnamed.append(_fresh_dim(taken | set(unnamed)))
+    unnamed: list[str] = []
+    if n_axes > len(named):
+        taken = {d for var in ancestors(outputs) for d in _dims(var)} | set(named)
+        while len(unnamed) < n_axes - len(named):
+            unnamed.append(_fresh_dim(taken | set(unnamed)))
     new_dims = [*unnamed, *named]
     return vectorize_labelled_graph(
         outputs, replace, new_tensor_dims=new_dims[len(new_dims) - n_axes :]
