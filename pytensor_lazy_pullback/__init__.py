@@ -11,6 +11,13 @@ Upstream home: the pieces are spread over PyTensor's tree as each module's
 docstring says; this ``__init__`` is the add-on's public face only.
 """
 
+# First: it refuses (ImportError) an unsupported PyTensor before anything is registered.
+from pytensor_lazy_pullback.integration import (
+    disable,
+    enable,
+    integration_disabled,
+    is_enabled,
+)
 from pytensor_lazy_pullback.op import LazyPullback, LazyPullbackNotExpandedError
 from pytensor_lazy_pullback.rewriting import (
     LazyPullbackExpansionError,
@@ -19,12 +26,6 @@ from pytensor_lazy_pullback.rewriting import (
 )
 from pytensor_lazy_pullback import xtensor as _xtensor  # noqa: F401  (registrations)
 from pytensor_lazy_pullback import xtensor_transforms as _xtensor_transforms  # noqa: F401
-from pytensor_lazy_pullback.integration import (
-    disable,
-    enable,
-    integration_disabled,
-    is_enabled,
-)
 
 __all__ = [
     "LazyPullback",

@@ -37,36 +37,17 @@ registered).
 
 from __future__ import annotations
 
+import functools
 import inspect
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-import numpy as np
 import pytensor
 import pytensor.gradient as gradient
-from pytensor.compile.ops import view_op
-from pytensor.gradient import DisconnectedType, disconnected_type, grad_undefined
-from pytensor.graph.basic import Variable
-from pytensor.graph.null_type import NullType
-from pytensor.graph.replace import _vectorize_node, vectorize_graph
-from pytensor.graph.traversal import applys_between
-from pytensor.tensor.basic import constant
-from pytensor.tensor.type import float_dtypes
-
-from pytensor_lazy_pullback.op import LazyPullback, align_cotangent
-from pytensor_lazy_pullback.regions import Region, find_regions
-from pytensor_lazy_pullback.rewriting import expand_node
-from pytensor_lazy_pullback.registry import (
-    cotangent_rules,
-    expansion_vectorizer,
-    function_overrides,
-    is_unlowered,
-)
-
-__all__ = ["disable", "enable", "is_enabled", "integration_disabled"]
 
 SUPPORTED_PYTENSOR = ((3, 3), (3, 4))
-"""PyTensor versions (``[low, high)``, major and minor) whose internals this
+"""PyTensor releases (``[low, high)``, major and minor) whose internals this
 module was written against."""
 
 _EXPECTED_SIGNATURES = {
@@ -79,22 +60,27 @@ _EXPECTED_SIGNATURES = {
     ],
 }
 
-_originals: dict[str, object] = {}
-_overridden: list[tuple[object, str, object]] = []
+_RELEASE = re.compile(r"(\d+)\.(\d+)(\.\d+)?(\.post\d+)?")
 
 
-def _check_internals() -> None:
-    """Raise ImportError unless ``pytensor.gradient`` is what this module expects."""
-    version = tuple(int(part) for part in pytensor.__version__.split(".")[:2])
+def check_pytensor() -> None:
+    """Raise `ImportError` unless PyTensor is a release whose internals this module expects."""
     low, high = SUPPORTED_PYTENSOR
+    supported = f">={'.'.join(map(str, low))},<{'.'.join(map(str, high))}"
+    match = _RELEASE.fullmatch(pytensor.__version__)
     problems = []
-    if not low <= version < high:
+    if match is None:
         problems.append(
-            f"pytensor {pytensor.__version__} is outside the supported range "
-            f">={'.'.join(map(str, low))},<{'.'.join(map(str, high))}"
+            f"pytensor's version {pytensor.__version__!r} is not a release "
+            f"(a source checkout?); this add-on supports releases {supported}"
+        )
+    elif not low <= (int(match[1]), int(match[2])) < high:
+        problems.append(
+            f"pytensor {pytensor.__version__} is outside the supported range {supported}"
         )
     for name, params in _EXPECTED_SIGNATURES.items():
-        func = _originals.get(name, getattr(gradient, name, None))
+        func = getattr(gradient, name, None)
+        func = getattr(func, "__wrapped__", func)
         if func is None:
             problems.append(f"pytensor.gradient.{name} does not exist")
         elif list(inspect.signature(func).parameters) != params:
@@ -106,20 +92,82 @@ def _check_internals() -> None:
         raise ImportError(
             "pytensor_lazy_pullback cannot integrate with this PyTensor: "
             + "; ".join(problems)
-            + ". PyTensor itself is unaffected; install a supported version "
+            + ". PyTensor itself is unaffected; install a supported release "
             "(see the package's requirements) to differentiate un-lowered graphs."
         )
+
+
+# Before anything below registers a rewrite, an Op or a dispatch in PyTensor:
+# a refused import must leave PyTensor as it was.
+check_pytensor()
+
+import numpy as np  # noqa: E402
+from pytensor.compile.ops import view_op  # noqa: E402
+from pytensor.gradient import DisconnectedType, disconnected_type, grad_undefined  # noqa: E402
+from pytensor.graph.basic import Variable  # noqa: E402
+from pytensor.graph.null_type import NullType  # noqa: E402
+from pytensor.graph.replace import _vectorize_node, vectorize_graph  # noqa: E402
+from pytensor.graph.traversal import applys_between  # noqa: E402
+from pytensor.tensor.basic import constant  # noqa: E402
+from pytensor.tensor.type import float_dtypes  # noqa: E402
+
+from pytensor_lazy_pullback.op import LazyPullback, align_cotangent  # noqa: E402
+from pytensor_lazy_pullback.regions import Region, find_regions  # noqa: E402
+from pytensor_lazy_pullback.registry import (  # noqa: E402
+    cotangent_rules,
+    expansion_vectorizer,
+    function_overrides,
+    is_unlowered,
+)
+from pytensor_lazy_pullback.rewriting import expand_node  # noqa: E402
+
+__all__ = ["check_pytensor", "disable", "enable", "is_enabled", "integration_disabled"]
+
+_originals: dict[str, Callable] = {
+    name: getattr(gradient, name) for name in _EXPECTED_SIGNATURES
+}
+"""PyTensor's own functions, as they were when this module was imported."""
+
+_enabled = False
+_rebound: list[tuple[object, str, object, bool]] = []
+"""``(owner, name, original, was_own_attribute)`` for each rebinding in effect."""
+
+
+def _while_enabled(replacement: Callable, original: Callable) -> Callable:
+    """`replacement` while the integration is enabled, PyTensor's `original` otherwise.
+
+    Code that imported a rebound name while it was enabled keeps this function:
+    it must behave like PyTensor's own once :func:`disable` was called.
+    """
+
+    @functools.wraps(original)
+    def rebound(*args, **kwargs):
+        if _enabled:
+            return replacement(*args, **kwargs)
+        return original(*args, **kwargs)
+
+    return rebound
+
+
+def _rebind(owner, name: str, replacement: Callable) -> None:
+    own = name in vars(owner)
+    original = getattr(owner, name)
+    _rebound.append((owner, name, original, own))
+    setattr(owner, name, _while_enabled(replacement, original))
 
 
 def enable() -> None:
     """Make :func:`pytensor.grad` differentiate un-lowered graphs lazily.
 
-    Idempotent.  Raises `ImportError` (and changes nothing) on a PyTensor whose
-    internals differ from those this package was written against.
+    Idempotent.  Raises `ImportError`, changing nothing, if PyTensor's
+    internals are not those this module was written against (also checked
+    when the package is imported, before it registers anything in PyTensor).
     """
-    if _originals:
+    global _enabled
+    if _enabled:
         return
-    _check_internals()
+    check_pytensor()
+    _enabled = True
     replacements = {
         "_populate_grad_dict": _populate_grad_dict,
         "_float_zeros_like": _float_zeros_like,
@@ -128,27 +176,27 @@ def enable() -> None:
         "pushforward": pushforward,
     }
     for name, replacement in replacements.items():
-        _originals[name] = getattr(gradient, name)
-        setattr(gradient, name, replacement)
+        _rebind(gradient, name, replacement)
     for override in function_overrides():
         original = getattr(override.module, override.name)
-        _overridden.append((override.module, override.name, original))
-        setattr(override.module, override.name, override.wrap(original))
+        _rebind(override.module, override.name, override.wrap(original))
 
 
 def disable() -> None:
     """Restore PyTensor's own gradient machinery.  Idempotent."""
-    for name, original in _originals.items():
-        setattr(gradient, name, original)
-    _originals.clear()
-    for module, name, original in reversed(_overridden):
-        setattr(module, name, original)
-    _overridden.clear()
+    global _enabled
+    _enabled = False
+    for owner, name, original, own in reversed(_rebound):
+        if own:
+            setattr(owner, name, original)
+        else:
+            delattr(owner, name)
+    _rebound.clear()
 
 
 def is_enabled() -> bool:
     """Whether :func:`enable` is in effect."""
-    return bool(_originals)
+    return _enabled
 
 
 @contextmanager

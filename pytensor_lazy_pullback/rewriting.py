@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from pytensor.compile import optdb
 from pytensor.compile.ops import view_op
-from pytensor.gradient import DisconnectedType, NullTypeGradError, pullback
+from pytensor.gradient import DisconnectedType, pullback
 from pytensor.graph.basic import Apply, Constant, Variable, clone_get_equiv
 from pytensor.graph.fg import FunctionGraph
 from pytensor.graph.rewriting.basic import MergeOptimizer, dfs_rewriter, node_rewriter
@@ -28,6 +28,7 @@ from pytensor_lazy_pullback.registry import (
 __all__ = [
     "EXPAND_POSITION",
     "LazyPullbackExpansionError",
+    "expand_all_lazy_pullbacks",
     "expand_lazy_pullback",
     "expand_lazy_pullbacks",
     "with_lazy_pullbacks_expanded",
@@ -41,6 +42,44 @@ so the forward regions are lowered together with the expanded gradients."""
 
 class LazyPullbackExpansionError(NotImplementedError):
     """A `LazyPullback` cannot be expanded (its region cannot be lowered or differentiated)."""
+
+
+class _RaisedThroughRewriters(AssertionError):
+    """Base mixed into every error that leaves an expansion.
+
+    PyTensor's rewriters log an exception raised inside a rewrite and carry on
+    (``config.on_opt_error="warn"``, the default) -- except an
+    `AssertionError`, which they always re-raise.  An expansion that fails
+    leaves a `LazyPullback` that no linker can run, so its error must reach the
+    user whatever the flag says: it is re-raised as a subclass of both its own
+    type and this one (``except NullTypeGradError`` still catches it).
+    """
+
+
+_raised_through_rewriters: dict[type, type] = {}
+
+
+def _expansion_error(err: Exception, node: Apply) -> Exception:
+    """`err`, with the region of `node` named, typed to pass PyTensor's rewriters."""
+    if isinstance(err, _RaisedThroughRewriters):
+        return err  # from a nested expansion: already names its region
+    cls = type(err)
+    fatal = _raised_through_rewriters.get(cls)
+    if fatal is None:
+        fatal = type(
+            cls.__name__,
+            (cls, _RaisedThroughRewriters),
+            {"__module__": cls.__module__, "__qualname__": cls.__qualname__},
+        )
+        _raised_through_rewriters[cls] = fatal
+    message = f"{err} (while expanding {_describe(node)})"
+    try:
+        new = fatal(message)
+    except Exception:  # an exception class with a constructor of its own
+        new = fatal.__new__(fatal, *err.args)
+        new.args = err.args
+    new.__dict__.update(getattr(err, "__dict__", {}))
+    return new.with_traceback(err.__traceback__)
 
 
 def expand_node(node: Apply) -> list[Variable]:
@@ -66,14 +105,24 @@ def _expansion(
     lowered copy the gradient is built on: replacing it lowers that part of
     the forward pass once, shared with the gradient, instead of leaving
     ``lower_xtensor`` to lower it a second time.
+
+    Any error is re-raised with the region named, typed so that PyTensor's
+    rewriters do not swallow it (see `_RaisedThroughRewriters`).
     """
+    try:
+        return _build_expansion(node, fgraph)
+    except Exception as err:
+        raise _expansion_error(err, node) from err
+
+
+def _build_expansion(node, fgraph):
     op: LazyPullback = node.op
     inner = op.fgraph.unfreeze()
     n_out = len(inner.outputs)
     forward = _find_forward(fgraph, node, inner) if fgraph is not None else {}
     for var in forward:
         inner.add_output(var)  # tracked through the lowering
-    lower_graph(inner, context=node)
+    lower_graph(inner)
     # One conversion per labelled input (the lowering converts it at each use):
     # its cotangents then add up as tensors, not as labelled (un-lowered) sums.
     MergeOptimizer().rewrite(inner)
@@ -87,18 +136,13 @@ def _expansion(
     # final (known_grads), so an output that is also an ancestor of another
     # output once lowered (or two outputs lowered to one variable) would
     # otherwise lose what flows back into it from the other output.
-    try:
-        grads = pullback(
-            [view_op(out) for out in outputs],
-            wrt,
-            fresh_cotangents,
-            disconnected_inputs="ignore",
-            return_disconnected="disconnected",
-        )
-    except NullTypeGradError as err:
-        raise NullTypeGradError(
-            f"The gradient through {_describe(node)} is undefined once lowered: {err}"
-        ) from err
+    grads = pullback(
+        [view_op(out) for out in outputs],
+        wrt,
+        fresh_cotangents,
+        disconnected_inputs="ignore",
+        return_disconnected="disconnected",
+    )
     grads = [
         _zeros_like(var) if isinstance(g.type, DisconnectedType) else g
         for var, g in zip(wrt, grads, strict=True)
@@ -188,7 +232,7 @@ def _find_forward(
     return read_outside
 
 
-def lower_graph(fgraph: FunctionGraph, context: Apply | None = None) -> None:
+def lower_graph(fgraph: FunctionGraph) -> None:
     """Lower every un-lowered node of a private `fgraph` in place.
 
     Runs the registered lowerings (expanding nested `LazyPullback`\\ s first)
@@ -210,9 +254,8 @@ def lower_graph(fgraph: FunctionGraph, context: Apply | None = None) -> None:
         for lowering in lowerings_for(fgraph.apply_nodes):
             lowering(fgraph)
     leftover = remaining()[0]
-    where = f" in {_describe(context)}" if context is not None else ""
     raise LazyPullbackExpansionError(
-        f"Cannot lower {leftover.op} (producing {leftover.outputs[0]}){where}: "
+        f"Cannot lower {leftover.op} (producing {leftover.outputs[0]}): "
         f"no registered lowering rewrites {type(leftover.op).__name__}. Register a "
         "lowering for this Op (for XOps, a node rewriter with "
         "pytensor.xtensor.rewriting.utils.register_lower_xtensor), or take the "
@@ -231,12 +274,17 @@ def expand_lazy_pullback(fgraph, node):
     return {**dict(zip(node.outputs, grads, strict=True)), **forward}
 
 
-_expand_all = dfs_rewriter(expand_lazy_pullback, ignore_newtrees=True)
-register_unlowered_op(LazyPullback, _expand_all.rewrite)
+expand_all_lazy_pullbacks = dfs_rewriter(
+    expand_lazy_pullback, ignore_newtrees=True, failure_callback=None
+)
+"""``expand_lazy_pullback`` applied to a whole graph.  It has no failure
+callback: an expansion error is not a rewrite to skip (see
+`_RaisedThroughRewriters`)."""
+register_unlowered_op(LazyPullback, expand_all_lazy_pullbacks.rewrite)
 
 optdb.register(
     "expand_lazy_pullback",
-    _expand_all,
+    expand_all_lazy_pullbacks,
     "fast_run",
     "fast_compile",
     "minimum_compile",
@@ -272,7 +320,7 @@ def expand_lazy_pullbacks(
     if lower:
         lower_graph(fgraph)
     else:
-        _expand_all.rewrite(fgraph)
+        expand_all_lazy_pullbacks.rewrite(fgraph)
     MergeOptimizer().rewrite(fgraph)
     return fgraph.outputs[0] if single else list(fgraph.outputs)
 

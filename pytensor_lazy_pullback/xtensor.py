@@ -33,13 +33,13 @@ from pytensor.graph.fg import FunctionGraph
 from pytensor.graph.rewriting.db import RewriteDatabaseQuery
 from pytensor.tensor.basic import constant
 from pytensor.tensor.type_other import MakeSlice
+from pytensor.xtensor.rewriting.utils import lower_xtensor_db
 from pytensor.xtensor.basic import (
     Rename,
     TensorFromXTensor,
     XOp,
     XTensorFromTensor,
 )
-from pytensor.xtensor.rewriting.utils import lower_xtensor_db
 from pytensor.xtensor.shape import ones_like, zeros_like
 from pytensor.xtensor.type import XTensorType, as_xtensor
 from pytensor.xtensor.vectorization import XRV
@@ -48,10 +48,11 @@ from pytensor_lazy_pullback.registry import (
     CotangentRules,
     register_absorbed_op,
     register_cotangent_type,
+    register_function_override,
     register_undefined_gradient_op,
     register_unlowered_op,
 )
-from pytensor_lazy_pullback.rewriting import expand_lazy_pullback
+from pytensor_lazy_pullback.rewriting import expand_all_lazy_pullbacks
 
 __all__ = [
     "align_labelled_cotangent",
@@ -166,12 +167,18 @@ register_cotangent_type(
         ones_like=labelled_ones_like,
     ),
 )
-Rename.pullback = rename_pullback
+register_function_override(Rename, "pullback", lambda original: rename_pullback)
 if "in_same_class" not in vars(XTensorType):
-    XTensorType.in_same_class = xtensor_in_same_class
+    register_function_override(
+        XTensorType, "in_same_class", lambda original: xtensor_in_same_class
+    )
+# So that ``rewrite_graph(grads, include=("lower_xtensor",))`` expands lazy
+# gradients too.  A graph rewriter in an equilibrium runs before its node
+# rewriters and is not wrapped in a failure callback (an expansion error must
+# reach the user).
 lower_xtensor_db.register(
     "expand_lazy_pullback",
-    expand_lazy_pullback,
+    expand_all_lazy_pullbacks,
     "fast_run",
     "fast_compile",
     "minimum_compile",

@@ -105,22 +105,43 @@ def test_changed_internals_fail_import_clearly(monkeypatch):
         plp.enable()
 
 
-def test_import_on_unsupported_version_in_fresh_process():
+@pytest.mark.parametrize("version", ["2.0.0", "3.4.0", "0+unknown", "3.3.9.dev0", "3.3.8+4.g1a2b3c"])
+def test_import_on_unsupported_version_in_fresh_process(version):
+    """Any version that is not a supported release: ImportError, and PyTensor unchanged."""
     code = textwrap.dedent(
-        """
+        f"""
         import pytensor
-        pytensor.__version__ = "2.0.0"
+        import pytensor.gradient as gradient
+        import pytensor.tensor as pt
+        from pytensor.compile import optdb
+        from pytensor.graph.replace import _vectorize_node
+        from pytensor.xtensor.basic import Rename
+        from pytensor.xtensor.rewriting.utils import lower_xtensor_db
+        from pytensor.xtensor.type import XTensorType
+        from pytensor.xtensor import vectorization
+
+        def state():
+            return (
+                dict(vars(gradient)), dict(vars(pt)), dict(vars(vectorization)),
+                dict(vars(Rename)), dict(vars(XTensorType)),
+                sorted(optdb._names), sorted(lower_xtensor_db._names),
+                dict(_vectorize_node.registry),
+            )
+
+        before = state()
+        pytensor.__version__ = {version!r}
         try:
             import pytensor_lazy_pullback
         except ImportError as err:
             print("ImportError:", err)
-        import pytensor.tensor as pt
+        print("unchanged", state() == before)
         t = pt.vector("t")
-        print("plain grad ok", pt.grad((t ** 2).sum(), t).eval({t: [1.0, 2.0]}).tolist())
+        print("plain grad ok", pt.grad((t ** 2).sum(), t).eval({{t: [1.0, 2.0]}}).tolist())
         """
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert "ImportError: pytensor_lazy_pullback cannot integrate" in out.stdout
+    assert "ImportError: pytensor_lazy_pullback cannot integrate" in out.stdout, out.stderr
+    assert "unchanged True" in out.stdout
     assert "plain grad ok [2.0, 4.0]" in out.stdout
 
 
@@ -128,10 +149,42 @@ def test_enable_disable_idempotent_and_reversible():
     original = integration._originals["_populate_grad_dict"]
     plp.enable()
     plp.enable()
-    assert gradient._populate_grad_dict is integration._populate_grad_dict
+    assert gradient._populate_grad_dict is not original
+    assert gradient._populate_grad_dict.__wrapped__ is original
     with plp.integration_disabled():
         assert gradient._populate_grad_dict is original
         x = px.xtensor("x", dims=("a",), shape=(2,))
         with pytest.raises(NotImplementedError, match="pullback not implemented"):
             pt.grad(px.math.exp(x).sum().values, x)
     assert plp.is_enabled()
+
+
+def test_functions_imported_while_enabled_behave_like_pytensors_while_disabled():
+    from pytensor.gradient import jacobian, pushforward  # the rebound versions
+
+    t = pt.vector("t", shape=(3,))
+    v = pt.vector("v", shape=(3,))
+    x = px.xtensor("x", dims=("a",), shape=(3,))
+    with plp.integration_disabled():
+        jvp = pushforward((t**2).sum(), t, v)
+        np.testing.assert_allclose(jvp.eval({t: [1.0, 2.0, 3.0], v: [1.0, 1.0, 1.0]}), 12.0)
+        jac = jacobian(t**2, t)
+        np.testing.assert_allclose(jac.eval({t: [1.0, 2.0, 3.0]}), np.diag([2.0, 4.0, 6.0]))
+        # PyTensor's own behaviour on labelled arguments, not the add-on's.
+        with pytest.raises(Exception) as pytensors:
+            pushforward((x**2).sum(), x, x)
+        assert not isinstance(pytensors.value, KeyError)
+    jvp = pushforward((x**2).sum(), x, x)  # enabled again: the labelled version
+    np.testing.assert_allclose(jvp.eval({x: [1.0, 2.0, 3.0]}), 28.0)
+
+
+def test_disable_restores_rename_and_xtensortype():
+    from pytensor.xtensor.basic import Rename
+    from pytensor.xtensor.type import XTensorType
+
+    pytensors_pullback = Rename.pullback.__wrapped__
+    with plp.integration_disabled():
+        assert Rename.pullback is pytensors_pullback
+        assert "in_same_class" not in vars(XTensorType)
+    assert Rename.pullback.__wrapped__ is pytensors_pullback
+    assert "in_same_class" in vars(XTensorType)

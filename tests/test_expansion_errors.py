@@ -1,0 +1,112 @@
+"""Errors found while expanding reach the user, under either ``on_opt_error``.
+
+PyTensor's rewriters log an exception raised inside a rewrite and carry on
+under the default ``on_opt_error="warn"``.  An expansion error must still be
+raised -- the original exception type, with the region named -- by every way
+of compiling or rewriting a gradient graph.
+"""
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+import pytensor.xtensor as px
+import pytest
+from pytensor.gradient import NullTypeGradError
+from pytensor.graph.basic import Apply
+from pytensor.graph.rewriting.utils import rewrite_graph
+from pytensor.xtensor.basic import XOp
+
+from pytensor_lazy_pullback import (
+    LazyPullbackExpansionError,
+    expand_lazy_pullbacks,
+)
+from reference import assert_graph_unchanged, assert_lazy, graph_snapshot, lower
+
+pytest.importorskip("jax")
+
+
+class Unlowerable(XOp):
+    """An XOp for which no lowering is registered."""
+
+    __props__ = ()
+
+    def make_node(self, x):
+        return Apply(self, [x], [x.type()])
+
+
+def _undefined_once_lowered():
+    # d/d(order) of the Bessel function is not implemented in the tensor Op.
+    o = px.xtensor("o", dims=("k",), shape=(3,))
+    z = px.as_xtensor(np.array([0.5, 1.0, 2.0]), dims=("k",))
+    return o, px.math.log(px.math.iv(o, z)).sum()
+
+
+def _unlowerable():
+    x = px.xtensor("x", dims=("k",), shape=(3,))
+    return x, (Unlowerable()(x) * 2).sum()
+
+
+def _complex_intermediate():
+    x = px.xtensor("x", dims=("k",), shape=(3,))
+    c = px.math.complex(x, x)
+    return x, px.math.real(c * c).sum()
+
+
+CASES = {
+    "undefined_once_lowered": (_undefined_once_lowered, NullTypeGradError, "ive"),
+    "missing_lowering": (_unlowerable, LazyPullbackExpansionError, "Cannot lower Unlowerable"),
+    "complex_intermediate": (_complex_intermediate, TypeError, "Real"),
+}
+
+
+def _function(mode):
+    def run(x, g):
+        pytensor.function([x], g, mode=mode)(np.ones(3))
+
+    return run
+
+
+ENTRY_POINTS = {
+    "default": _function(None),
+    "FAST_RUN": _function("FAST_RUN"),
+    "FAST_COMPILE": _function("FAST_COMPILE"),
+    "CVM": _function("CVM"),
+    "C": _function("C"),
+    "JAX": _function("JAX"),
+    "eval": lambda x, g: g.eval({x: np.ones(3)}),
+    "rewrite_graph": lambda x, g: rewrite_graph(g, include=("lower_xtensor",)),
+    "expand_lazy_pullbacks": lambda x, g: expand_lazy_pullbacks(g),
+    "expand_lazy_pullbacks_lower": lambda x, g: expand_lazy_pullbacks(g, lower=True),
+}
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+@pytest.mark.parametrize("case", CASES)
+def test_expansion_error_reaches_the_user(case, entry, on_opt_error):
+    build, error, op_name = CASES[case]
+    x, cost = build()
+    g = pt.grad(cost, x)  # lazy: nothing is lowered yet, so nothing fails yet
+    assert_lazy([g])
+    with pytest.raises(error, match=op_name) as info:
+        ENTRY_POINTS[entry](x, g)
+    message = str(info.value)
+    assert "while expanding the lazy pullback of the region" in message
+    assert "with inputs (x" in message or "with inputs (o" in message
+
+
+@pytest.mark.parametrize("case", ["undefined_once_lowered", "complex_intermediate"])
+def test_the_reference_fails_with_the_same_type(case):
+    build, error, _ = CASES[case]
+    x, cost = build()
+    with pytest.raises(error):
+        pt.grad(lower(cost), x)
+
+
+def test_a_failed_expansion_leaves_the_gradient_graph_unchanged():
+    x, cost = _undefined_once_lowered()
+    g = pt.grad(cost, x)
+    before = graph_snapshot([cost, g])
+    with pytest.raises(NullTypeGradError):
+        pytensor.function([x], [cost, g])
+    assert_graph_unchanged(before, graph_snapshot([cost, g]))
+    assert_lazy([g])
