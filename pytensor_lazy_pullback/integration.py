@@ -151,9 +151,10 @@ def _while_enabled(replacement: Callable, original: Callable) -> Callable:
 
 def _rebind(owner, name: str, replacement: Callable) -> None:
     own = name in vars(owner)
-    original = getattr(owner, name)
+    original = getattr(owner, name, None)
     _rebound.append((owner, name, original, own))
-    setattr(owner, name, _while_enabled(replacement, original))
+    # A new attribute (no original) is deleted again by `disable`.
+    setattr(owner, name, replacement if original is None else _while_enabled(replacement, original))
 
 
 def enable() -> None:
@@ -178,7 +179,7 @@ def enable() -> None:
     for name, replacement in replacements.items():
         _rebind(gradient, name, replacement)
     for override in function_overrides():
-        original = getattr(override.module, override.name)
+        original = getattr(override.module, override.name, None)
         _rebind(override.module, override.name, override.wrap(original))
 
 

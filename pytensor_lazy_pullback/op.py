@@ -13,7 +13,9 @@ from pytensor.graph.fg import FrozenFunctionGraph
 from pytensor.graph.null_type import NullType
 from pytensor.graph.op import HasInnerGraph, Op
 from pytensor.gradient import DisconnectedType, disconnected_type
-from pytensor.tensor.type import continuous_dtypes
+from pytensor import config
+from pytensor.scalar import upcast
+from pytensor.tensor.type import continuous_dtypes, float_dtypes
 
 from pytensor_lazy_pullback.registry import cotangent_rules
 
@@ -99,8 +101,23 @@ class LazyPullback(HasInnerGraph, Op):
             align_cotangent(inner, cotangent)
             for inner, cotangent in zip(inner_outputs, inputs[n_in:], strict=True)
         ]
-        outputs = [inner_inputs[i].type() for i in self.wrt]
+        outputs = [self._cotangent_type(inner_inputs[i])() for i in self.wrt]
         return Apply(self, [*region_inputs, *cotangents], outputs)
+
+    def _cotangent_type(self, var: Variable):
+        """The type of `var`'s cotangent: `var`'s, with a float dtype if `var` is discrete.
+
+        A cotangent is never an integer (PyTensor's gradient contract).  For an
+        integer or boolean input it has the dtype the lowered chain rule gives:
+        that of the region's floating-point outputs (upcast), else ``floatX``.
+        """
+        dtype = var.type.dtype
+        if dtype in continuous_dtypes:
+            return var.type
+        output_dtypes = [
+            out.type.dtype for out in self.fgraph.outputs if out.type.dtype in float_dtypes
+        ]
+        return var.type.clone(dtype=upcast(*output_dtypes) if output_dtypes else config.floatX)
 
     def infer_shape(self, node, input_shapes):
         return [input_shapes[i] for i in self.wrt]

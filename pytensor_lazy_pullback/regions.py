@@ -24,7 +24,6 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pytensor.graph.basic import Apply, Constant, Variable
-from pytensor.tensor.type import continuous_dtypes
 
 from pytensor_lazy_pullback.registry import (
     absorbed_into_region,
@@ -51,8 +50,8 @@ class Region:
     outputs
         The region's variables that receive a cotangent from outside it.
     differentiable
-        For each input, whether a gradient flows into it through the region
-        (it depends on a ``wrt`` variable and has a floating-point dtype).
+        For each input, whether it is on the gradient's path into the region
+        (it depends on a ``wrt`` variable), whatever its dtype.
     undefined
         For each input, why its gradient is undefined (it reaches an Op
         registered with an undefined gradient), or ``None``.
@@ -216,10 +215,11 @@ def _describe(members, consumers, seeded) -> Region:
     ]
     region = Region(nodes=absorbed[::-1] + members, outputs=outputs)
     region.inputs = list(inputs)
+    # Whether a gradient really flows (an integer input may well have one, as
+    # in d/dcounts of counts * log(rate)) is the lowered graph's pullback's
+    # business; here only: is the input on the gradient's path into the region.
     region.differentiable = [
-        getattr(var.type, "dtype", None) in continuous_dtypes
-        and any(app in member_set for app in consumers.get(var, ()))
-        for var in region.inputs
+        any(app in member_set for app in consumers.get(var, ())) for var in region.inputs
     ]
     region.undefined = _undefined_inputs(members, member_set, region.inputs)
     return region

@@ -123,9 +123,7 @@ def _build_expansion(node, fgraph):
     for var in forward:
         inner.add_output(var)  # tracked through the lowering
     lower_graph(inner)
-    # One conversion per labelled input (the lowering converts it at each use):
-    # its cotangents then add up as tensors, not as labelled (un-lowered) sums.
-    MergeOptimizer().rewrite(inner)
+    _merge_input_conversions(inner)
     outputs, lowered = inner.outputs[:n_out], inner.outputs[n_out:]
 
     n_in = len(inner.inputs)
@@ -160,6 +158,31 @@ def _build_expansion(node, fgraph):
         for outer, low in zip(forward.values(), lowered, strict=True)
     }
     return new_grads, replacements
+
+
+def _merge_input_conversions(fgraph: FunctionGraph) -> None:
+    """Keep one conversion of each input of `fgraph` where the lowering made several.
+
+    The lowering converts a labelled input at each of its uses; merged, the
+    cotangents of its uses add up as tensors, not as labelled (un-lowered)
+    sums.  Nothing else is merged before differentiating: merging two equal
+    nodes adds their cotangents ahead of their pullback, which can change the
+    numbers (``cumprod`` at zeros gives NaN where the reference is finite).
+    Compilation merges the rest after differentiation, as for the reference.
+    """
+    for var in fgraph.inputs:
+        seen: dict[tuple, Variable] = {}
+        for client, _ in list(fgraph.clients[var]):
+            if not isinstance(client, Apply) or not is_conversion(client):
+                continue
+            if len(client.outputs) != 1 or any(
+                not (inp is var or isinstance(inp, Constant)) for inp in client.inputs
+            ):
+                continue
+            key = (client.op, tuple(client.inputs))
+            kept = seen.setdefault(key, client.outputs[0])
+            if kept is not client.outputs[0]:
+                fgraph.replace(client.outputs[0], kept, reason="merge_input_conversions")
 
 
 def _find_forward(

@@ -40,7 +40,8 @@ from pytensor.xtensor.basic import (
     XOp,
     XTensorFromTensor,
 )
-from pytensor.xtensor.shape import ones_like, zeros_like
+from pytensor.xtensor.indexing import Index, IndexUpdate
+from pytensor.xtensor.shape import Broadcast, ExpandDims, UnStack, ones_like, zeros_like
 from pytensor.xtensor.type import XTensorType, as_xtensor
 from pytensor.xtensor.vectorization import XRV
 
@@ -114,6 +115,33 @@ def rename_pullback(self, inputs, outputs, output_grads):
     return [Rename(x.type.dims)(align_labelled_cotangent(out, cotangent))]
 
 
+def xop_connection_pattern(self, node) -> list[list[bool]]:
+    """Which inputs of an xtensor node its outputs depend on differentiably.
+
+    As the lowered graph's own ``connection_pattern`` says, known without
+    lowering: indices and sizes (``Index``, ``IndexUpdate``, ``ExpandDims``,
+    ``UnStack``) are disconnected, ``Broadcast`` connects each input to its
+    own output only, and ``XElemwise``/``XBlockwise`` follow their scalar or
+    core Op (``zeros_like`` does not depend on its input).  So a gradient with
+    respect to an index raises `DisconnectedInputError` at :func:`pytensor.grad`
+    time, as the reference does.  Upstream home: ``connection_pattern`` methods
+    on the Ops in ``pytensor/xtensor/``.
+    """
+    n_in, n_out = len(node.inputs), len(node.outputs)
+    data_inputs = {Index: 1, IndexUpdate: 2, ExpandDims: 1, UnStack: 1}.get(type(self))
+    if data_inputs is not None:
+        return [[i < data_inputs] * n_out for i in range(n_in)]
+    if isinstance(self, Broadcast):
+        return [[i == j for j in range(n_out)] for i in range(n_in)]
+    inner = getattr(self, "scalar_op", None) or getattr(self, "core_op", None)
+    if hasattr(inner, "connection_pattern"):
+        try:
+            return inner.connection_pattern(node)
+        except Exception:  # a core Op that needs a tensor node
+            pass
+    return [[True] * n_out for _ in range(n_in)]
+
+
 def xtensor_in_same_class(self: XTensorType, otype) -> bool:
     """Whether `otype` differs from `self` at most in non-broadcastable static lengths.
 
@@ -168,6 +196,7 @@ register_cotangent_type(
     ),
 )
 register_function_override(Rename, "pullback", lambda original: rename_pullback)
+register_function_override(XOp, "connection_pattern", lambda original: xop_connection_pattern)
 if "in_same_class" not in vars(XTensorType):
     register_function_override(
         XTensorType, "in_same_class", lambda original: xtensor_in_same_class

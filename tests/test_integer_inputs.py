@@ -1,0 +1,109 @@
+"""Integer and boolean inputs get what the reference gives.
+
+Whether a gradient flows into an integer input is what the lowered graph's
+pullback says (d/dcounts of ``counts * log(rate)`` is ``log(rate)``), not its
+dtype; indices and sizes are disconnected, as once lowered.
+"""
+
+import numpy as np
+import pytensor.tensor as pt
+import pytensor.xtensor as px
+import pytest
+from pytensor.gradient import DisconnectedInputError
+
+from reference import assert_lazy, assert_same_gradients, reference_grad
+
+RATE = np.array([0.5, 1.5, 3.0])
+COUNTS = np.array([0, 2, 5])
+
+
+def _leaves():
+    rate = px.xtensor("rate", dims=("s",), shape=(3,))
+    counts = px.xtensor("counts", dims=("s",), shape=(3,), dtype="int64")
+    return rate, counts
+
+
+def test_poisson_loglik_wrt_rate_and_counts():
+    rate, counts = _leaves()
+    cost = (counts * px.math.log(rate) - rate).sum().values
+    ours = pt.grad(cost, [rate, counts])
+    assert_lazy(ours)
+    assert [g.type.dtype for g in ours] == ["float64", "float64"]
+    assert_same_gradients(ours, reference_grad(cost, [rate, counts]), [rate, counts], [RATE, COUNTS])
+    # d/dcounts = log(rate): not zeros.
+    assert_same_gradients(ours[1:], [px.math.log(rate)], [rate, counts], [RATE, COUNTS])
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int32", "int64", "uint16", "bool"])
+def test_discrete_labelled_input_times_float(dtype):
+    rate = px.xtensor("rate", dims=("s",), shape=(3,))
+    k = px.xtensor("k", dims=("s",), shape=(3,), dtype=dtype)
+    cost = (k * px.math.exp(rate)).sum().values
+    ours = pt.grad(cost, [k, rate])
+    values = [COUNTS.astype(dtype), RATE]
+    assert_same_gradients(ours, reference_grad(cost, [k, rate]), [k, rate], values)
+
+
+def test_plain_integer_tensor_under_as_xtensor():
+    rate, _ = _leaves()
+    counts = pt.vector("counts", dtype="int64", shape=(3,))
+    cost = (px.as_xtensor(counts, dims=("s",)) * px.math.log(rate)).sum().values
+    ours = pt.grad(cost, counts)
+    assert ours.type.dtype == "float64"
+    assert_same_gradients([ours], reference_grad(cost, [counts]), [rate, counts], [RATE, COUNTS])
+
+
+def test_integer_cost_wrt_its_integer_input_is_float_zeros():
+    _, counts = _leaves()
+    cost = (counts * 2).sum().values
+    ours = pt.grad(cost, counts)
+    assert ours.type.dtype == "float64"
+    assert_same_gradients([ours], reference_grad(cost, [counts]), [counts], [COUNTS])
+
+
+def test_float32_float_with_int64_upcasts_like_the_reference():
+    _, counts = _leaves()
+    f = px.xtensor("f", dims=("s",), shape=(3,), dtype="float32")
+    cost = (counts * f).sum().values
+    ours = pt.grad(cost, [counts, f])
+    assert_same_gradients(
+        ours, reference_grad(cost, [counts, f]), [counts, f], [COUNTS, RATE.astype("float32")]
+    )
+
+
+def test_where_with_boolean_condition():
+    rate, _ = _leaves()
+    b = px.xtensor("b", dims=("s",), shape=(3,), dtype="bool")
+    cost = px.math.where(b, rate**2, 0.0).sum().values
+    ours = pt.grad(cost, [b, rate])
+    values = [np.array([True, False, True]), RATE]
+    assert_same_gradients(ours, reference_grad(cost, [b, rate]), [b, rate], values)
+
+
+@pytest.mark.parametrize("labelled", [True, False])
+def test_gradient_wrt_an_index_is_disconnected(labelled):
+    rate, _ = _leaves()
+    if labelled:
+        idx = px.xtensor("idx", dims=("j",), shape=(2,), dtype="int64")
+    else:
+        idx = pt.vector("idx", dtype="int64", shape=(2,))
+        idx_x = px.as_xtensor(idx, dims=("j",))
+    cost = rate.isel(s=idx if labelled else idx_x).sum().values
+    with pytest.raises(DisconnectedInputError):
+        reference_grad(cost, [idx])
+    with pytest.raises(DisconnectedInputError):
+        pt.grad(cost, idx)
+    g = pt.grad(cost, [idx, rate], disconnected_inputs="ignore")
+    ref = reference_grad(cost, [idx, rate], disconnected_inputs="ignore")
+    assert_same_gradients(g, ref, [idx, rate], [np.array([2, 0]), RATE])
+    none = pt.grad(cost, idx, disconnected_inputs="ignore", return_disconnected="none")
+    assert none is None
+
+
+def test_zeros_like_does_not_depend_on_its_input():
+    rate, _ = _leaves()
+    cost = (px.zeros_like(rate) + 1.0).sum().values
+    with pytest.raises(DisconnectedInputError):
+        pt.grad(cost, rate)
+    with pytest.raises(DisconnectedInputError):
+        reference_grad(cost, [rate])
