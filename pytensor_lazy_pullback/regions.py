@@ -102,8 +102,9 @@ def find_regions(
 
     Conversion nodes (see
     :func:`~pytensor_lazy_pullback.registry.register_unlowered_op`) join the
-    region they touch, so a region's boundary is made of ordinary variables
-    wherever the graph has them; groups of conversions only are not regions.
+    region they touch, on the gradient's path or feeding it from off the path,
+    so a region's boundary is made of ordinary variables wherever the graph
+    has them; groups of conversions only are not regions.
 
     Parameters
     ----------
@@ -194,7 +195,13 @@ def _describe(members, consumers, seeded) -> Region:
         if isinstance(var, Constant) or var.owner in member_set:
             return
         owner = var.owner
-        if owner is not None and absorbed_into_region(owner):
+        if owner is not None and (
+            absorbed_into_region(owner) or (is_conversion(owner) and var not in consumers)
+        ):
+            # A conversion off the gradient's path (e.g. labelling a plain
+            # data tensor) goes inside, so the region's inputs are ordinary
+            # variables wherever the graph has them: ``vectorize_graph`` can
+            # batch those without knowing a dim name.
             member_set.add(owner)
             absorbed.append(owner)
             for inp in owner.inputs:

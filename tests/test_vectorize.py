@@ -655,3 +655,48 @@ def test_vectorizing_does_not_mutate_the_users_graph():
         want = single(values[0], values[2][k])
         for w, b in zip(want, got, strict=True):
             np.testing.assert_allclose(b[k], w, rtol=1e-12)
+
+
+def _per_example_model():
+    w, xi, yi = pt.vector("w", shape=(3,)), pt.vector("xi", shape=(3,)), pt.scalar("yi")
+    pred = pxm.tanh(px.dot(px.as_xtensor(xi, dims=("f",)), px.as_xtensor(w, dims=("f",)), dim="f"))
+    cost = ((pred - px.as_xtensor(yi, dims=())) ** 2).values
+    return w, xi, yi, cost
+
+
+def test_conversions_of_plain_data_inputs_are_inside_the_lazy_pullback():
+    w, xi, yi, cost = _per_example_model()
+    g = pt.grad(cost, w)
+    [node] = lazy_nodes([g])
+    assert set(node.inputs[: len(node.op.fgraph.inputs)]) == {w, xi, yi}
+
+
+def test_batching_plain_data_of_a_gradient_wrt_a_plain_tensor():
+    """Per-example gradients over plain data, as the reference batches them."""
+    w, xi, yi, cost = _per_example_model()
+    g = pt.grad(cost, w)
+    [ref] = reference_grad(cost, [w])
+    Xb, yb = pt.matrix("Xb", shape=(5, 3)), pt.vector("yb", shape=(5,))
+    gb = replace_vectorize_graph(g, {xi: Xb, yi: yb})
+    refb = replace_vectorize_graph(ref, {xi: Xb, yi: yb})
+    assert gb.type == refb.type
+    rng = np.random.default_rng(0)
+    W, X, Y = rng.normal(size=3), rng.normal(size=(5, 3)), rng.normal(size=5)
+    got, want = compile_values([w, Xb, yb], [gb, refb], [W, X, Y])
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    single = pytensor.function([w, xi, yi], g)
+    np.testing.assert_allclose(got, np.stack([single(W, X[i], Y[i]) for i in range(5)]))
+
+
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_jacobian_of_a_gradient_wrt_a_plain_tensor(vectorize):
+    w, xi, yi, cost = _per_example_model()
+    g = pt.grad(cost, w)
+    [ref] = reference_grad(cost, [w])
+    jac = gradient.jacobian(g, w, vectorize=vectorize)
+    with integration_disabled():
+        jac_ref = gradient.jacobian(ref, w, vectorize=vectorize)
+    rng = np.random.default_rng(1)
+    values = [rng.normal(size=3), rng.normal(size=3), rng.normal()]
+    got, want = compile_values([w, xi, yi], [jac, jac_ref], values)
+    np.testing.assert_allclose(got, want, rtol=1e-10)
