@@ -18,7 +18,11 @@ from pytensor_lazy_pullback.integration import (
     integration_disabled,
     is_enabled,
 )
-from pytensor_lazy_pullback.op import LazyPullback, LazyPullbackNotExpandedError
+from pytensor_lazy_pullback.op import (
+    LazyPullback,
+    LazyPullbackNotExpandedError,
+    LazyPushforward,
+)
 from pytensor_lazy_pullback.rewriting import (
     LazyPullbackExpansionError,
     expand_lazy_pullback,
@@ -31,6 +35,7 @@ __all__ = [
     "LazyPullback",
     "LazyPullbackExpansionError",
     "LazyPullbackNotExpandedError",
+    "LazyPushforward",
     "disable",
     "enable",
     "expand_lazy_pullback",

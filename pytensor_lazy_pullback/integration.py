@@ -40,6 +40,7 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -107,16 +108,17 @@ from pytensor.gradient import DisconnectedType, disconnected_type, grad_undefine
 from pytensor.graph.basic import Variable  # noqa: E402
 from pytensor.graph.null_type import NullType  # noqa: E402
 from pytensor.graph.replace import _vectorize_node, vectorize_graph  # noqa: E402
-from pytensor.graph.traversal import applys_between  # noqa: E402
+from pytensor.graph.traversal import applys_between, toposort  # noqa: E402
 from pytensor.tensor.basic import constant  # noqa: E402
 from pytensor.tensor.type import float_dtypes  # noqa: E402
 
-from pytensor_lazy_pullback.op import LazyPullback, align_cotangent  # noqa: E402
+from pytensor_lazy_pullback.op import LazyPullback, LazyPushforward, align_cotangent  # noqa: E402
 from pytensor_lazy_pullback.regions import Region, find_regions  # noqa: E402
 from pytensor_lazy_pullback.registry import (  # noqa: E402
     cotangent_rules,
     expansion_vectorizer,
     function_overrides,
+    is_conversion,
     is_unlowered,
 )
 from pytensor_lazy_pullback.rewriting import expand_node  # noqa: E402
@@ -249,12 +251,103 @@ def _float_ones_like(x):
 
 def _pushforward_direct(f, wrt, tangents, disconnected_outputs, return_disconnected):
     if any(is_unlowered(node) for node in applys_between(wrt, f)):
-        return _pushforward_by_pullbacks(
-            f, wrt, tangents, disconnected_outputs, return_disconnected
+        return _lazy_pushforward(
+            f, wrt, tangents, disconnected_outputs, return_disconnected, use_op_pushforward=True
         )
     return _originals["_pushforward_direct"](
         f, wrt, tangents, disconnected_outputs, return_disconnected
     )
+
+
+def _lazy_pushforward(
+    outputs, inputs, tangents, disconnected_outputs, return_disconnected, use_op_pushforward
+):
+    """``_pushforward_direct`` with one `LazyPushforward` per un-lowered region.
+
+    Like PyTensor's, it asks every ordinary node between `inputs` and
+    `outputs` for its ``pushforward``, in topological order (iteratively, so
+    deep graphs are fine).  Each region of un-lowered nodes on the way is one
+    `LazyPushforward` instead, expanded per `use_op_pushforward`; an
+    un-lowered node off the tangents' path gets zero tangents.
+    """
+    outputs, inputs = list(outputs), list(inputs)
+    consumers = gradient._populate_var_to_app_to_idx(outputs, inputs, None)
+    regions = find_regions(consumers, cuts=set(inputs), seeded=set(outputs))
+    region_of = {node: region for region in regions for node in region.nodes}
+    tangent_of: dict = dict(zip(inputs, tangents, strict=True))
+
+    def tangent(var):
+        if var in tangent_of:
+            return tangent_of[var]
+        if var.owner is None:  # a leaf that is not differentiated: zero
+            try:
+                return _float_zeros_like(var)
+            except Exception:
+                return disconnected_type()
+        return disconnected_type()
+
+    done_regions = set()
+    for node in toposort(outputs, blockers=inputs):
+        region = region_of.get(node)
+        if region is not None:
+            if region not in done_regions:
+                done_regions.add(region)
+                tangent_of.update(
+                    zip(region.outputs, _region_pushforward(region, tangent, use_op_pushforward))
+                )
+            continue
+        node_tangents = [tangent(inp) for inp in node.inputs]
+        if is_unlowered(node) and not is_conversion(node):
+            # Off the tangents' path (else it would be in a region): zero.
+            results = [_float_zeros_like(out) for out in node.outputs]
+        else:
+            node_tangents = [
+                t if isinstance(t.type, DisconnectedType) else gradient._match_tangent_dtype(x, t)
+                for x, t in zip(node.inputs, node_tangents, strict=True)
+            ]
+            results = node.op.pushforward(node.inputs, node.outputs, node_tangents)
+        tangent_of.update(zip(node.outputs, results, strict=True))
+
+    results = []
+    for out in outputs:
+        t = tangent(out)
+        if out not in inputs and isinstance(t.type, DisconnectedType):
+            if disconnected_outputs == "raise":
+                raise gradient.DisconnectedInputError(
+                    gradient.utils.get_variable_trace_string(out)
+                )
+            if disconnected_outputs == "warn":
+                warnings.warn(
+                    "pushforward was asked to compute the Jacobian-vector product with "
+                    "respect to a variable that is not part of the computational graph "
+                    f"of variables in wrt, or is used only by a non-differentiable operator: {out}",
+                    stacklevel=3,
+                )
+            if return_disconnected.lower() == "zero":
+                t = _float_zeros_like(out)
+            elif return_disconnected.lower() == "none":
+                t = None
+        results.append(t)
+    return results
+
+
+def _region_pushforward(region: Region, tangent, use_op_pushforward: bool) -> list:
+    """The tangents of `region`'s outputs: one `LazyPushforward`, or disconnected."""
+    pattern = region.connection_pattern()
+    live = [
+        i
+        for i, inp in enumerate(region.inputs)
+        if region.differentiable[i] and not isinstance(tangent(inp).type, DisconnectedType)
+    ]
+    connected = [any(pattern[i][j] for i in live) for j in range(len(region.outputs))]
+    if not any(connected):
+        return [disconnected_type() for _ in region.outputs]
+    op = LazyPushforward.from_graph(region.inputs, region.outputs, live, use_op_pushforward)
+    results = op(*region.inputs, *(tangent(region.inputs[i]) for i in live), return_list=True)
+    return [
+        t if is_connected else disconnected_type()
+        for t, is_connected in zip(results, connected, strict=True)
+    ]
 
 
 def pushforward(
@@ -267,11 +360,11 @@ def pushforward(
 ):
     """:func:`pytensor.gradient.pushforward`, also for labelled variables.
 
-    With labelled outputs, inputs or tangents, the push-forward is built from
-    two lazy pullbacks (whatever `use_op_pushforward` says: un-lowered Ops
-    have no pushforward of their own).  Each tangent is matched to its input
-    by dim name (a `TypeError` names the input if it cannot be), and each
-    result is labelled like its output.
+    With labelled outputs, inputs or tangents, each region of un-lowered Ops
+    is one lazy `LazyPushforward`, expanded as `use_op_pushforward` says
+    (from the lowered Ops' own pushforwards, or as a pullback of a pullback).  Each tangent is
+    matched to its input by dim name (a `TypeError` names the input if it
+    cannot be), and each result is labelled like its output.
     """
     arguments = [*_as_list(f), *_as_list(wrt), *_as_list(tangents)]
     if not any(
@@ -284,17 +377,25 @@ def pushforward(
     if len(inputs) != len(given):
         raise ValueError("`wrt` must be the same length as `tangents`.")
     aligned = [align_cotangent(x, t) for x, t in zip(inputs, given, strict=True)]
-    result = _pushforward_by_pullbacks(
-        _as_list(f), inputs, aligned, disconnected_outputs, return_disconnected
-    )
+    outputs = _as_list(f)
+    if use_op_pushforward or any(
+        is_unlowered(node) and not is_conversion(node) for node in applys_between(inputs, outputs)
+    ):
+        result = _lazy_pushforward(
+            outputs, inputs, aligned, disconnected_outputs, return_disconnected, use_op_pushforward
+        )
+    else:  # a lowered (e.g. expanded) labelled graph, differentiated as the user asked
+        result = _pushforward_by_pullbacks(
+            outputs, inputs, aligned, disconnected_outputs, return_disconnected
+        )
     return gradient.as_list_or_tuple(isinstance(f, list), isinstance(f, tuple), result)
 
 
 def _pushforward_by_pullbacks(outputs, inputs, tangents, disconnected_outputs, return_disconnected):
-    """The push-forward as the pullback of a pullback (J. Towns' trick), lazily.
+    """The pushforward as the pullback of a pullback, for labelled arguments.
 
-    Like PyTensor's ``pushforward_through_pullback``, with seeds made by the
-    registered rules (labelled zeros for labelled outputs) and each output
+    Like PyTensor's ``pushforward_through_pullback``, with seeds of each
+    output's own kind (labelled zeros for labelled outputs) and each output
     through a view: pullback's cotangents are final (known_grads), so an
     output that is an ancestor of another would lose the other's contribution.
     """

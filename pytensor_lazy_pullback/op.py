@@ -19,14 +19,75 @@ from pytensor.tensor.type import continuous_dtypes, float_dtypes
 
 from pytensor_lazy_pullback.registry import cotangent_rules
 
-__all__ = ["LazyPullback", "LazyPullbackNotExpandedError", "align_cotangent"]
+__all__ = [
+    "LazyPullback",
+    "LazyPullbackNotExpandedError",
+    "LazyPushforward",
+    "LazyRegionOp",
+    "align_cotangent",
+]
 
 
 class LazyPullbackNotExpandedError(NotImplementedError):
-    """Raised when a `LazyPullback` reaches a linker without being expanded."""
+    """Raised when a `LazyPullback` or `LazyPushforward` reaches a linker unexpanded."""
 
 
-class LazyPullback(HasInnerGraph, Op):
+class LazyRegionOp(HasInnerGraph, Op):
+    """Base of `LazyPullback` and `LazyPushforward`: a derivative of a region, built later.
+
+    Parameters
+    ----------
+    fgraph
+        The region, frozen (shown by :func:`pytensor.dprint`).
+    wrt
+        Positions of the region inputs that the derivative is taken for.
+    """
+
+    __props__ = ("fgraph", "wrt")
+
+    def __init__(self, fgraph: FrozenFunctionGraph, wrt: Sequence[int]):
+        if not isinstance(fgraph, FrozenFunctionGraph):
+            raise TypeError(
+                f"{type(self).__name__} needs a FrozenFunctionGraph, got {type(fgraph).__name__}"
+            )
+        self.fgraph = fgraph
+        self.wrt = tuple(int(i) for i in wrt)
+        n_inputs = len(fgraph.inputs)
+        if any(not 0 <= i < n_inputs for i in self.wrt):
+            raise ValueError(f"wrt positions {self.wrt} out of range for {n_inputs} inputs")
+
+    @classmethod
+    def from_graph(
+        cls,
+        inputs: Sequence[Variable],
+        outputs: Sequence[Variable],
+        wrt: Sequence[int],
+    ):
+        """Freeze the graph between `inputs` and `outputs` into an Op of this class.
+
+        The graph is copied; `inputs` and `outputs` are left untouched.
+        """
+        return cls(FrozenFunctionGraph.from_io(inputs, outputs), wrt)
+
+    def __str__(self):
+        ops = dict.fromkeys(type(node.op).__name__ for node in self.fgraph.toposort())
+        return f"{type(self).__name__}{{{', '.join(ops)}}}"
+
+    def clone(self):
+        # The inner graph is frozen: there is nothing to copy.
+        return self
+
+    def perform(self, node, inputs, output_storage):
+        raise LazyPullbackNotExpandedError(
+            f"{self} reached a linker without being expanded. It is expanded by the "
+            "'expand_lazy_pullback' rewrite, which every standard mode runs (tags "
+            "'fast_run', 'fast_compile', 'minimum_compile'). If you built a mode "
+            "that excludes it, include it again, or expand the graph first with "
+            "pytensor_lazy_pullback.expand_lazy_pullbacks(outputs)."
+        )
+
+
+class LazyPullback(LazyRegionOp):
     r"""The pullback (vector-Jacobian product) of a region, built at compile time.
 
     :func:`pytensor.grad` creates one `LazyPullback` for each region of
@@ -53,36 +114,6 @@ class LazyPullback(HasInnerGraph, Op):
     region output; its outputs are the cotangents of the inputs at positions
     `wrt`, each of the same type as its input.
     """
-
-    __props__ = ("fgraph", "wrt")
-
-    def __init__(self, fgraph: FrozenFunctionGraph, wrt: Sequence[int]):
-        if not isinstance(fgraph, FrozenFunctionGraph):
-            raise TypeError(
-                f"LazyPullback needs a FrozenFunctionGraph, got {type(fgraph).__name__}"
-            )
-        self.fgraph = fgraph
-        self.wrt = tuple(int(i) for i in wrt)
-        n_inputs = len(fgraph.inputs)
-        if any(not 0 <= i < n_inputs for i in self.wrt):
-            raise ValueError(f"wrt positions {self.wrt} out of range for {n_inputs} inputs")
-
-    @classmethod
-    def from_graph(
-        cls,
-        inputs: Sequence[Variable],
-        outputs: Sequence[Variable],
-        wrt: Sequence[int],
-    ) -> LazyPullback:
-        """Freeze the graph between `inputs` and `outputs` into a `LazyPullback`.
-
-        The graph is copied; `inputs` and `outputs` are left untouched.
-        """
-        return cls(FrozenFunctionGraph.from_io(inputs, outputs), wrt)
-
-    def __str__(self):
-        ops = dict.fromkeys(type(node.op).__name__ for node in self.fgraph.toposort())
-        return f"LazyPullback{{{', '.join(ops)}}}"
 
     def make_node(self, *inputs: Variable) -> Apply:
         inner_inputs = self.fgraph.inputs
@@ -149,19 +180,6 @@ class LazyPullback(HasInnerGraph, Op):
             grads[i] = g
         return grads
 
-    def clone(self):
-        # The inner graph is frozen: there is nothing to copy.
-        return self
-
-    def perform(self, node, inputs, output_storage):
-        raise LazyPullbackNotExpandedError(
-            f"{self} reached a linker without being expanded. It is expanded by the "
-            "'expand_lazy_pullback' rewrite, which every standard mode runs (tags "
-            "'fast_run', 'fast_compile', 'minimum_compile'). If you built a mode "
-            "that excludes it, include it again, or expand the graph first with "
-            "pytensor_lazy_pullback.expand_lazy_pullbacks(outputs)."
-        )
-
 
 def align_cotangent(output: Variable, cotangent: Variable) -> Variable:
     """Arrange `cotangent` like `output`, by the rules registered for its type.
@@ -181,3 +199,77 @@ def align_cotangent(output: Variable, cotangent: Variable) -> Variable:
             f"the region output {output} of type {output.type}"
         )
     return cotangent
+
+
+class LazyPushforward(LazyRegionOp):
+    r"""The pushforward (Jacobian-vector product) of a region, built at compile time.
+
+    :func:`pytensor.gradient.pushforward` creates one `LazyPushforward` for
+    each region of un-lowered nodes between its ``wrt`` and ``f``, instead of
+    asking every node for its own pushforward (un-lowered Ops have none).  The
+    ``expand_lazy_pullback`` rewrite replaces it by the pushforward of the
+    lowered region, built from each lowered Op's own ``pushforward``.
+
+    Parameters
+    ----------
+    fgraph
+        The region, frozen (shown by :func:`pytensor.dprint`).
+    wrt
+        Positions of the region inputs that carry a tangent.
+
+    use_op_pushforward
+        Build the expansion from each lowered Op's own ``pushforward`` (as
+        :func:`pytensor.gradient.pushforward` with ``use_op_pushforward=True``
+        does), else as the pullback of the lowered region's pullback.
+
+    Notes
+    -----
+    The node's inputs are the region's inputs followed by one tangent per
+    position in `wrt`; its outputs are the tangents of the region's outputs,
+    each of the type of its output (floating point).
+    """
+
+    __props__ = ("fgraph", "wrt", "use_op_pushforward")
+
+    def __init__(
+        self, fgraph: FrozenFunctionGraph, wrt: Sequence[int], use_op_pushforward: bool = True
+    ):
+        super().__init__(fgraph, wrt)
+        self.use_op_pushforward = bool(use_op_pushforward)
+
+    @classmethod
+    def from_graph(cls, inputs, outputs, wrt, use_op_pushforward: bool = True):
+        """Freeze the graph between `inputs` and `outputs` into a `LazyPushforward`."""
+        return cls(FrozenFunctionGraph.from_io(inputs, outputs), wrt, use_op_pushforward)
+
+    def make_node(self, *inputs: Variable) -> Apply:
+        inner_inputs = self.fgraph.inputs
+        n_in, n_tan = len(inner_inputs), len(self.wrt)
+        if len(inputs) != n_in + n_tan:
+            raise TypeError(
+                f"{self} expects {n_in} region input(s) followed by {n_tan} "
+                f"tangent(s), got {len(inputs)} variable(s)"
+            )
+        region_inputs = [
+            inner.type.filter_variable(outer)
+            for inner, outer in zip(inner_inputs, inputs[:n_in], strict=True)
+        ]
+        tangents = [
+            align_cotangent(inner_inputs[i], tangent)
+            for i, tangent in zip(self.wrt, inputs[n_in:], strict=True)
+        ]
+        outputs = [_tangent_type(out)() for out in self.fgraph.outputs]
+        return Apply(self, [*region_inputs, *tangents], outputs)
+
+    def infer_shape(self, node, input_shapes):
+        from pytensor.compile.builders import infer_shape
+
+        inner = self.fgraph.unfreeze()
+        return infer_shape(inner.outputs, inner.inputs, input_shapes[: len(inner.inputs)])
+
+
+def _tangent_type(var: Variable):
+    """`var`'s type, with ``floatX`` if `var` is discrete (a tangent is never an integer)."""
+    if var.type.dtype in continuous_dtypes:
+        return var.type
+    return var.type.clone(dtype=config.floatX)

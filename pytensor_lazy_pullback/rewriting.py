@@ -10,13 +10,14 @@ from collections.abc import Sequence
 
 from pytensor.compile import optdb
 from pytensor.compile.ops import view_op
+import pytensor.gradient as gradient
 from pytensor.gradient import DisconnectedType, pullback
 from pytensor.graph.basic import Apply, Constant, Variable, clone_get_equiv
 from pytensor.graph.fg import FunctionGraph
 from pytensor.graph.rewriting.basic import MergeOptimizer, dfs_rewriter, node_rewriter
 from pytensor.graph.traversal import toposort
 
-from pytensor_lazy_pullback.op import LazyPullback
+from pytensor_lazy_pullback.op import LazyPullback, LazyPushforward
 from pytensor_lazy_pullback.registry import (
     cotangent_rules,
     is_conversion,
@@ -110,9 +111,41 @@ def _expansion(
     rewriters do not swallow it (see `_RaisedThroughRewriters`).
     """
     try:
+        if isinstance(node.op, LazyPushforward):
+            return _build_pushforward_expansion(node), {}
         return _build_expansion(node, fgraph)
     except Exception as err:
         raise _expansion_error(err, node) from err
+
+
+def _build_pushforward_expansion(node: Apply) -> list[Variable]:
+    """The pushforward of a `LazyPushforward`'s lowered region, on the node's inputs.
+
+    Built as the reference builds it once lowered: from each lowered Op's own
+    ``pushforward``, or as a pullback of a pullback (``use_op_pushforward``).
+    """
+    op: LazyPushforward = node.op
+    inner = op.fgraph.unfreeze()
+    lower_graph(inner)
+    n_in = len(inner.inputs)
+    fresh_tangents = [tangent.type() for tangent in node.inputs[n_in:]]
+    tangents = gradient.pushforward(
+        list(inner.outputs),
+        [inner.inputs[i] for i in op.wrt],
+        fresh_tangents,
+        disconnected_outputs="ignore",
+        return_disconnected="disconnected",
+        use_op_pushforward=op.use_op_pushforward,
+    )
+    tangents = [
+        _zeros_like(out) if isinstance(t.type, DisconnectedType) else t
+        for out, t in zip(inner.outputs, tangents, strict=True)
+    ]
+    memo = dict(zip([*inner.inputs, *fresh_tangents], node.inputs, strict=True))
+    equiv = clone_get_equiv(
+        [*inner.inputs, *fresh_tangents], tangents, copy_inputs=False, memo=memo
+    )
+    return [_like(out, equiv.get(t, t)) for out, t in zip(node.outputs, tangents, strict=True)]
 
 
 def _build_expansion(node, fgraph):
@@ -286,9 +319,9 @@ def lower_graph(fgraph: FunctionGraph) -> None:
     )
 
 
-@node_rewriter([LazyPullback])
+@node_rewriter([LazyPullback, LazyPushforward])
 def expand_lazy_pullback(fgraph, node):
-    """Replace a `LazyPullback` by the pullback of its lowered region.
+    """Replace a `LazyPullback` (`LazyPushforward`) by the pullback (pushforward) of its lowered region.
 
     The region's forward outputs, where `fgraph` computes them, are replaced
     by the lowered copy the pullback is built on.
@@ -304,6 +337,7 @@ expand_all_lazy_pullbacks = dfs_rewriter(
 callback: an expansion error is not a rewrite to skip (see
 `_RaisedThroughRewriters`)."""
 register_unlowered_op(LazyPullback, expand_all_lazy_pullbacks.rewrite)
+register_unlowered_op(LazyPushforward, expand_all_lazy_pullbacks.rewrite)
 
 optdb.register(
     "expand_lazy_pullback",
@@ -374,7 +408,8 @@ def _describe(node: Apply) -> str:
         dict.fromkeys(str(inner.op) for inner in node.op.fgraph.toposort())
     )
     inputs = ", ".join(str(inp) for inp in node.inputs[: len(node.op.fgraph.inputs)])
-    return f"the lazy pullback of the region [{region}] with inputs ({inputs})"
+    kind = "pushforward" if isinstance(node.op, LazyPushforward) else "pullback"
+    return f"the lazy {kind} of the region [{region}] with inputs ({inputs})"
 
 
 def _zeros_like(var: Variable) -> Variable:

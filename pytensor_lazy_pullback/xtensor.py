@@ -28,6 +28,7 @@ as well as lowering the forward graph; and gives `XTensorType` the
 from __future__ import annotations
 
 import numpy as np
+from pytensor.gradient import DisconnectedType
 from pytensor.graph.basic import Variable
 from pytensor.graph.fg import FunctionGraph
 from pytensor.graph.rewriting.db import RewriteDatabaseQuery
@@ -39,6 +40,7 @@ from pytensor.xtensor.basic import (
     TensorFromXTensor,
     XOp,
     XTensorFromTensor,
+    XTypeCastOp,
 )
 from pytensor.xtensor.indexing import Index, IndexUpdate
 from pytensor.xtensor.shape import Broadcast, ExpandDims, UnStack, ones_like, zeros_like
@@ -142,6 +144,22 @@ def xop_connection_pattern(self, node) -> list[list[bool]]:
     return [[True] * n_out for _ in range(n_in)]
 
 
+def conversion_pushforward(self, inputs, outputs, tangents):
+    """The pushforward of a conversion (``XTensorFromTensor``, ``TensorFromXTensor``, ``Rename``).
+
+    A conversion is linear: it converts the tangent, aligned by dim name to
+    its input.  Upstream home: ``XTypeCastOp.pushforward`` in
+    ``pytensor/xtensor/basic.py``.
+    """
+    [x] = inputs
+    [tangent] = tangents
+    if isinstance(tangent.type, DisconnectedType):
+        return [tangent]
+    if isinstance(x.type, XTensorType):
+        tangent = align_labelled_cotangent(x, tangent)
+    return [self(tangent)]
+
+
 def xtensor_in_same_class(self: XTensorType, otype) -> bool:
     """Whether `otype` differs from `self` at most in non-broadcastable static lengths.
 
@@ -196,6 +214,7 @@ register_cotangent_type(
     ),
 )
 register_function_override(Rename, "pullback", lambda original: rename_pullback)
+register_function_override(XTypeCastOp, "pushforward", lambda original: conversion_pushforward)
 register_function_override(XOp, "connection_pattern", lambda original: xop_connection_pattern)
 if "in_same_class" not in vars(XTensorType):
     register_function_override(

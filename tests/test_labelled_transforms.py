@@ -1,12 +1,15 @@
 """pullback and pushforward on labelled variables: matched by dim name, labelled results."""
 
 import numpy as np
+import pytensor
 import pytensor.gradient as gradient
 import pytensor.tensor as pt
 import pytensor.xtensor as px
 import pytensor.xtensor.math as pxm
 import pytest
+from pytensor.graph.traversal import ancestors
 
+from pytensor_lazy_pullback import LazyPushforward
 from reference import assert_same_gradients, lower, random_values
 
 WEIGHTS = np.arange(9.0).reshape(3, 3) - 4.0
@@ -20,18 +23,36 @@ def square_graph():
     return xt, x, y
 
 
+@pytest.mark.parametrize("cumulative", [False, True])
 @pytest.mark.parametrize("use_op_pushforward", [False, True])
-def test_pushforward_matches_reference_and_tangent_dims_by_name(use_op_pushforward):
+def test_pushforward_matches_reference_and_tangent_dims_by_name(use_op_pushforward, cumulative):
     xt, x, y = square_graph()
+    if not cumulative:
+        y = pxm.exp(x * 0.5) * px.as_xtensor(WEIGHTS, dims=("a", "b")) + x.transpose("b", "a")
     tangent = pt.matrix("t", shape=(3, 3))
     # The tangent is given with dims ("b", "a"): its value is tangent.T in x's order.
     labelled_tangent = px.as_xtensor(tangent, dims=("b", "a"))
     ours = gradient.pushforward(y, x, labelled_tangent, use_op_pushforward=use_op_pushforward)
     assert ours.type.dims == y.type.dims
-    reference = gradient.pushforward(lower(y).values, xt, tangent.T)
+    [node] = [n for n in ancestors_nodes(ours) if isinstance(n.op, LazyPushforward)]
+    assert node.op.use_op_pushforward is use_op_pushforward
+    kwargs = {"use_op_pushforward": use_op_pushforward}
+    if use_op_pushforward and cumulative:
+        # Cumsum has no pushforward of its own: the reference fails at once,
+        # ours (lazy) when the pushforward is compiled.
+        with pytest.raises(NotImplementedError, match="pushforward not implemented for Cumsum"):
+            gradient.pushforward(lower(y).values, xt, tangent.T, **kwargs)
+        with pytest.raises(NotImplementedError, match="pushforward not implemented for Cumsum"):
+            pytensor.function([xt, tangent], ours)
+        return
+    reference = gradient.pushforward(lower(y).values, xt, tangent.T, **kwargs)
     assert_same_gradients(
         [ours.values], [reference], [xt, tangent], random_values([xt, tangent])
     )
+
+
+def ancestors_nodes(var):
+    return [v.owner for v in ancestors([var]) if v.owner is not None]
 
 
 def test_pushforward_several_outputs_keep_their_dims():

@@ -1,0 +1,120 @@
+"""`LazyPushforward`: the pushforward of an un-lowered region, built at compile time."""
+
+import io
+import pickle
+
+import numpy as np
+import pytensor
+import pytensor.gradient as gradient
+import pytensor.tensor as pt
+import pytensor.xtensor as px
+import pytest
+from pytensor.graph.basic import equal_computations
+from pytensor.graph.traversal import ancestors
+
+from pytensor_lazy_pullback import LazyPullback, LazyPushforward, expand_lazy_pullbacks
+from reference import COUNT_MODE, MODE, assert_same_gradients, lower
+
+W = np.array([0.3, -0.7, 1.1])
+
+
+def model():
+    xt = pt.matrix("xt", shape=(4, 3))
+    wt = pt.vector("wt", shape=(3,))
+    x = px.as_xtensor(xt, dims=("a", "b"))
+    w = px.as_xtensor(wt, dims=("b",))
+    h = px.math.tanh(px.dot(x, w, dim="b")) * px.math.exp(x).mean("b")
+    return xt, wt, h.values
+
+
+def lazy_ops(var, op_type):
+    return [v.owner for v in ancestors([var]) if v.owner and isinstance(v.owner.op, op_type)]
+
+
+def values():
+    rng = np.random.default_rng(0)
+    return [rng.normal(size=(4, 3)), W, rng.normal(size=3)]
+
+
+def test_one_lazy_pushforward_per_region_and_values():
+    xt, wt, h = model()
+    t = pt.vector("t", shape=(3,))
+    jvp = gradient.pushforward(h, wt, t, use_op_pushforward=True)
+    assert len(lazy_ops(jvp, LazyPushforward)) == 1
+    assert not lazy_ops(jvp, LazyPullback)  # not the transpose trick
+    reference = gradient.pushforward(lower(h), wt, t, use_op_pushforward=True)
+    assert_same_gradients([jvp], [reference], [xt, wt, t], values())
+    fn = pytensor.function([xt, wt, t], jvp)
+    assert not [n for n in fn.maker.fgraph.apply_nodes if isinstance(n.op, LazyPushforward)]
+
+
+def test_compiles_to_the_references_graph():
+    xt, wt, h = model()
+    t = pt.vector("t", shape=(3,))
+    jvp = gradient.pushforward(h, wt, t, use_op_pushforward=True)
+    reference = gradient.pushforward(lower(h), wt, t, use_op_pushforward=True)
+    ours_fn = pytensor.function([xt, wt, t], [h, jvp], mode=COUNT_MODE)
+    ref_fn = pytensor.function([xt, wt, t], [lower(h), reference], mode=COUNT_MODE)
+    assert len(ours_fn.maker.fgraph.apply_nodes) <= len(ref_fn.maker.fgraph.apply_nodes)
+
+
+def test_infer_shape_equality_pickle_and_dprint():
+    xt, wt, h = model()
+    t = pt.vector("t", shape=(3,))
+    a = gradient.pushforward(h, wt, t, use_op_pushforward=True)
+    b = gradient.pushforward(h, wt, t, use_op_pushforward=True)
+    [node_a] = lazy_ops(a, LazyPushforward)
+    [node_b] = lazy_ops(b, LazyPushforward)
+    assert node_a.op == node_b.op and hash(node_a.op) == hash(node_b.op)
+    assert equal_computations([a], [b])
+    both = pytensor.function([xt, wt, t], [a, b], mode=COUNT_MODE)
+    one = pytensor.function([xt, wt, t], a, mode=COUNT_MODE)
+    # merged: the second output is at most a copy of the first
+    assert len(both.maker.fgraph.apply_nodes) <= len(one.maker.fgraph.apply_nodes) + 1
+    shape = pytensor.function([xt, wt, t], a.shape, mode=MODE)(*values())
+    assert tuple(shape) == (4,)
+    clone = pickle.loads(pickle.dumps(node_a.op))
+    assert clone == node_a.op
+    text = io.StringIO()
+    pytensor.dprint(a, file=text)
+    assert "LazyPushforward{" in text.getvalue() and "Inner graphs" in text.getvalue()
+
+
+@pytest.mark.parametrize("second", ["pullback", "pushforward"])
+def test_second_order_stays_lazy(second):
+    xt, wt, h = model()
+    t = pt.vector("t", shape=(3,))
+    jvp = gradient.pushforward(h, wt, t, use_op_pushforward=True)
+    cost = (jvp**2).sum()
+    if second == "pullback":
+        ours = pt.grad(cost, wt)
+        ref = pt.grad(
+            (gradient.pushforward(lower(h), wt, t, use_op_pushforward=True) ** 2).sum(), wt
+        )
+    else:
+        u = pt.vector("u", shape=(3,))
+        ours = gradient.pushforward(jvp, wt, u, use_op_pushforward=True)
+        ref = gradient.pushforward(
+            gradient.pushforward(lower(h), wt, t, use_op_pushforward=True),
+            wt,
+            u,
+            use_op_pushforward=True,
+        )
+        t_value = values()[2]
+    assert lazy_ops(ours, LazyPullback) or lazy_ops(ours, LazyPushforward)
+    inputs = [xt, wt, t] + ([u] if second == "pushforward" else [])
+    vals = values() + ([t_value[::-1]] if second == "pushforward" else [])
+    assert_same_gradients([ours], [ref], inputs, vals, rtol=1e-6)
+
+
+def test_labelled_pushforward_expands_for_inspection():
+    x = px.xtensor("x", dims=("a", "b"), shape=(4, 3))
+    w = px.xtensor("w", dims=("b",), shape=(3,))
+    t = px.xtensor("t", dims=("b",), shape=(3,))
+    jvp = gradient.pushforward(px.math.tanh(px.dot(x, w, dim="b")), w, t)
+    assert jvp.type.dims == ("a",)
+    expanded = expand_lazy_pullbacks(jvp)
+    assert not lazy_ops(expanded, LazyPushforward)
+    x_v, w_v, t_v = np.ones((4, 3)), W, np.array([1.0, 2.0, 3.0])
+    got = pytensor.function([x, w, t], expanded)(x_v, w_v, t_v)
+    np.testing.assert_allclose(got, (1 - np.tanh(x_v @ w_v) ** 2) * (x_v @ t_v))
