@@ -67,7 +67,7 @@ class UnloweredXOp(XOp):
         return Apply(self, [x], [x.type()])
 
 
-def test_xop_without_lowering_fails_at_compile_naming_the_op():
+def test_xop_without_lowering_fails_at_compile_naming_the_op(on_opt_error):
     x = px.xtensor("x", dims=("a",), shape=(3,))
     y = UnloweredXOp()(px.math.exp(x))
     y.name = "mystery"

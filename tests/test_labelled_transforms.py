@@ -25,7 +25,9 @@ def square_graph():
 
 @pytest.mark.parametrize("cumulative", [False, True])
 @pytest.mark.parametrize("use_op_pushforward", [False, True])
-def test_pushforward_matches_reference_and_tangent_dims_by_name(use_op_pushforward, cumulative):
+def test_pushforward_matches_reference_and_tangent_dims_by_name(
+    use_op_pushforward, cumulative, on_opt_error
+):
     xt, x, y = square_graph()
     if not cumulative:
         y = pxm.exp(x * 0.5) * px.as_xtensor(WEIGHTS, dims=("a", "b")) + x.transpose("b", "a")

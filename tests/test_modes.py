@@ -16,7 +16,7 @@ from pytensor.compile.mode import Mode, get_mode
 from pytensor.graph.rewriting.utils import rewrite_graph
 from pytensor.xtensor.basic import XOp
 
-from pytensor_lazy_pullback import LazyPullback, LazyPullbackNotExpandedError
+from pytensor_lazy_pullback import LazyPullback, LazyPullbackNotExpandedError, LazyPushforward
 from reference import lower, random_values, reference_grad, weighted_cost
 
 
@@ -88,10 +88,19 @@ def build(case):
             pytensor.gradient.jacobian(g, xt, vectorize=False),
             pytensor.gradient.jacobian(g_ref, xt, vectorize=False),
         )
+    if case.startswith("pushforward"):
+        use_op = case == "pushforward_op"
+        tangent = pt.constant(np.linspace(-1.0, 1.0, 12).reshape(3, 4))
+        out = _chain(x).values
+        return (
+            xt,
+            pytensor.gradient.pushforward(out, xt, tangent, use_op_pushforward=use_op),
+            pytensor.gradient.pushforward(lower(out), xt, tangent, use_op_pushforward=use_op),
+        )
     raise ValueError(case)
 
 
-CASES = [*FIRST_ORDER, "hessian", "jacobian"]
+CASES = [*FIRST_ORDER, "hessian", "jacobian", "pushforward_op", "pushforward_transpose"]
 
 MODES = {
     "default": None,
@@ -111,7 +120,7 @@ if importlib.util.find_spec("torch") is not None:
 @pytest.mark.parametrize("case", CASES)
 def test_mode_matrix(case, mode):
     inp, ours, ref = build(case)
-    assert not any(isinstance(n.op, LazyPullback) for n in _nodes(ref))
+    assert not any(isinstance(n.op, LazyPullback | LazyPushforward) for n in _nodes(ref))
     [value] = random_values([inp])
     if mode == "C" and case == "cumulative":
         pytest.skip("PyTensor 3.3's pure C linker aborts the process on CumOp, reference included")
@@ -124,7 +133,9 @@ def test_mode_matrix(case, mode):
             pytensor.function([inp], ours, mode=MODES[mode])(value)
         return
     fn = pytensor.function([inp], ours, mode=MODES[mode])
-    assert not any(isinstance(n.op, XOp | LazyPullback) for n in fn.maker.fgraph.apply_nodes)
+    assert not any(
+        isinstance(n.op, XOp | LazyPullback | LazyPushforward) for n in fn.maker.fgraph.apply_nodes
+    )
     got = fn(value)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
 
