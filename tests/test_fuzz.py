@@ -1,29 +1,51 @@
 """Property-based fuzzing: ``pt.grad`` on random xtensor graphs equals the reference.
 
 A `hypothesis` strategy draws a small random *program* (3-8 xtensor operations
-on 1-3 leaves) as Python source, so a falsifying example prints as a
-copy-pastable repro.  For each program the test checks that ``pt.grad`` with
-the package, with respect to a random mix of leaves and interior variables,
+on 1-3 leaves, its input values, and what to check) as Python source, so a
+falsifying example prints as a copy-pastable repro (see `Program.__repr__`).
+For each program the test checks that ``pt.grad`` with the package, with
+respect to a random mix of leaves and interior variables (float, integer and
+boolean ones),
 
-- equals :func:`reference.reference_grad` (lower first, then ``pt.grad``) in
-  value (rtol 1e-7, atol 1e-9), dtype, type and dims, with a static shape equal
-  to the reference's wherever the reference knows a length, and
+- behaves like :func:`reference.reference_grad` (lower first, then
+  ``pt.grad``): where the reference raises, ours raises the same exception type,
+  at ``pt.grad`` time or at the latest when compiled; where the reference
+  succeeds, ours succeeds with the same dtype, type and dims, a static shape
+  equal to the reference's wherever the reference knows a length, and the same
+  values (rtol 1e-7; NaN and inf in the same places, never a NaN/inf where the
+  reference is finite);
 - leaves the user's forward graph untouched (owners, names, output indices,
-  apply inputs and ops).
+  apply inputs and ops);
+- survives ``vectorize_graph`` (PyTensor's generic one, or the dims-aware one
+  in ``pytensor.xtensor.vectorization``) of the gradients with one leaf batched
+  along a new dim ``z``: the result equals a Python loop over the batch calling
+  the compiled unvectorized gradient; where the reference's vectorization
+  fails, ours may fail with the same exception type (or work correctly);
+- and PyTensor logs no rewrite failure meanwhile.  Each example runs under
+  PyTensor's default ``on_opt_error="warn"`` (with which a rewriter logs an
+  exception and carries on, as users run), whatever ``conftest.py`` sets, with
+  its own log capture (`rewrite_failures`).
 
-The cost is ``weighted_cost`` (``sum(out * W)``, fixed non-uniform ``W``) of the
-last node, plus that of every other node nothing reads, so no drawn operation
-is dead code.  Ours and the reference are compiled into one FAST_COMPILE
-function.  Its findings are pinned by regression tests at the end of this
-file: ``wrt`` on both sides of a rename (fixed), and a static shape more
-precise than the reference's (a strict xfail, tolerated by the fuzzer so that
-it can keep looking for others).
+Leaves are float64, int64, int32 or bool, labelled (``px.xtensor``) or plain
+tensors under ``px.as_xtensor``; operations mix them (``counts * log(rate)``,
+``where(cond, a, b)``, integer multipliers, casts, comparisons) and include
+``cumsum``/``cumprod`` over one or several dims.  Values are drawn in three
+styles: moderate positive, signed with exact zeros, and large magnitudes
+(with zeros).
+
+The cost is a weighted sum (``sum(out * W)``, fixed non-uniform float ``W``) of
+the last node, plus that of every other node nothing reads, so no drawn
+operation is dead code.  Ours and the reference are compiled into one
+FAST_COMPILE function.  Its findings are pinned by regression tests at the end
+of this file.
 
 Run more examples with ``FUZZ_EXAMPLES=5000 ./run.sh test tests/test_fuzz.py``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 
 import numpy as np
@@ -32,10 +54,12 @@ import pytensor.tensor as pt
 import pytensor.xtensor as px
 import pytensor.xtensor.math as pxm
 import pytest
-from hypothesis import HealthCheck, assume, event, given, note, settings
+from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
+from pytensor.graph.replace import vectorize_graph as graph_vectorize_graph
 from pytensor.graph.traversal import ancestors
 from pytensor.xtensor.type import XTensorType
+from pytensor.xtensor.vectorization import vectorize_graph as xtensor_vectorize_graph
 
 from reference import (
     MODE,
@@ -50,9 +74,15 @@ from reference import (
 DIM_POOL = ("a", "b", "c", "d")
 EXTRA_DIMS = ("e", "f")
 """Names that only stack/unstack/rename/vectorised indexing introduce."""
+BATCH_DIM = "z"
+"""The new dim of a vectorised leaf; no operation ever introduces it."""
 MAX_NDIM = 4
 MAX_SIZE = 48
 RTOL, ATOL = 1e-7, 1e-9
+
+LEAF_DTYPES = ("float64", "float64", "float64", "int64", "int32", "bool")
+"""Shrinks to float64; integer and boolean leaves are each drawn 1 in 6."""
+VALUE_STYLES = ("moderate", "zeros", "large")
 
 UNARY = {
     "exp": "pxm.exp(0.1 * {x})",
@@ -67,7 +97,20 @@ BINARY = {
     "sub": "{x} - {y}",
     "div": "{x} / (1 + {y} ** 2)",
 }
-REDUCTIONS = ("sum", "mean", "max")
+MIX = {
+    # an integer/boolean node c mixed into the float computation of x (and y)
+    "counts_log": "{c} * pxm.log(1 + {x} ** 2)",
+    "multiplier": "{x} * {c}",
+    "cast_mul": "pxm.cast({c}, 'float64') * {x}",
+    "where": "pxm.where({b}, {x}, {y})",
+    "relu": "pxm.where({x} > 0, {x}, 0)",  # masks the cotangent where x is an exact zero
+}
+REDUCTIONS = ("sum", "mean", "max", "prod", "std")
+CUMULATIVE = ("cumsum", "cumprod")
+
+
+def is_discrete(dtype: str) -> bool:
+    return dtype == "bool" or dtype.startswith(("int", "uint"))
 
 
 # ---------------------------------------------------------------------------
@@ -92,7 +135,7 @@ class Program:
 
     def emit(self, name: str, expr: str) -> str:
         line = f"{name} = {expr}"
-        exec(line, self.ns)
+        exec(line, self.ns)  # raises (and emits nothing) if PyTensor rejects it
         self.lines.append(line)
         return name
 
@@ -104,12 +147,20 @@ class Program:
         t = self.ns[name].type
         return dict(zip(t.dims, t.shape, strict=True))
 
+    def dtype(self, name: str) -> str:
+        return self.ns[name].type.dtype
+
     @property
     def source(self) -> str:
         return "\n".join(self.lines)
 
     def __repr__(self) -> str:  # what hypothesis prints for a falsifying example
-        return "Program(\n" + self.source + "\n)"
+        return (
+            "\n# Reproduce: run from the repository root\n"
+            "import sys; sys.path.insert(0, 'tests')\n"
+            "from test_fuzz import check_program\n"
+            "check_program('''\n" + self.source + "\n''')\n"
+        )
 
     def _repr_pretty_(self, printer, cycle):
         printer.text(repr(self))
@@ -139,6 +190,10 @@ def py(value) -> str:
     return repr(tuple(value))
 
 
+def dtype_arg(dtype: str) -> str:
+    return "" if dtype == "float64" else f", dtype={dtype!r}"
+
+
 @st.composite
 def draw_leaves(draw, prog: Program):
     names = draw(st.lists(st.sampled_from(DIM_POOL), min_size=2, max_size=3, unique=True))
@@ -147,16 +202,19 @@ def draw_leaves(draw, prog: Program):
     for _ in range(n_leaves):
         dims = tuple(draw(st.permutations(names))[: draw(st.integers(1, min(3, len(names))))])
         shape = tuple(sizes[d] for d in dims)
+        dtype = draw(st.sampled_from(LEAF_DTYPES))
         if draw(st.booleans()):
             # a plain tensor under as_xtensor: both it and its labelled view are wrt candidates
             t = prog.fresh("t")
-            prog.emit(t, f"pt.tensor({t!r}, shape={py(shape)})")
+            prog.emit(t, f"pt.tensor({t!r}, shape={py(shape)}{dtype_arg(dtype)})")
             x = prog.emit(prog.fresh("x"), f"px.as_xtensor({t}, dims={py(dims)})")
             prog.inputs.append(t)
             prog.wrt_candidates += [t, x]
         else:
             x = prog.fresh("x")
-            prog.emit(x, f"px.xtensor({x!r}, dims={py(dims)}, shape={py(shape)})")
+            prog.emit(
+                x, f"px.xtensor({x!r}, dims={py(dims)}, shape={py(shape)}{dtype_arg(dtype)})"
+            )
             prog.inputs.append(x)
             prog.wrt_candidates.append(x)
         prog.nodes.append(x)
@@ -164,9 +222,10 @@ def draw_leaves(draw, prog: Program):
 
 def op_choices(prog: Program, x: str) -> list[str]:
     s = prog.sizes(x)
-    kinds = ["unary", "binary", "roundtrip"]
+    kinds = ["unary", "binary", "roundtrip", "mix", "cast", "compare"]
     if s:
-        kinds += ["reduce", "transpose", "rename", "concat", "isel", "dot", "unstack"]
+        kinds += ["reduce", "transpose", "rename", "concat", "isel", "dot", "unstack",
+                  "cumulative", "cumulative"]  # twice: cumprod over exact zeros matters
     if len(s) >= 2:
         kinds.append("stack")
     return kinds
@@ -190,6 +249,46 @@ def apply_op(draw, prog: Program, kind: str, x: str) -> str | None:
         op = draw(st.sampled_from(sorted(BINARY)))
         a, b = (x, y) if draw(st.booleans()) else (y, x)
         return prog.emit(out, BINARY[op].format(x=a, y=b))
+
+    if kind == "mix":
+        # an integer or boolean node mixed into a float computation
+        partners = [y for y in prog.nodes if compatible(s, prog.sizes(y))
+                    and fits(merged(s, prog.sizes(y)))]
+        discrete = [y for y in partners if is_discrete(prog.dtype(y))]
+        form = draw(st.sampled_from(sorted(MIX)))
+        if form == "relu":
+            return prog.emit(out, MIX[form].format(x=x))
+        if form == "where":
+            bools = [y for y in discrete if prog.dtype(y) == "bool"]
+            if bools and draw(st.booleans()):
+                b = draw_recent(draw, prog, bools)
+            else:  # a computed condition
+                c = draw_recent(draw, prog, partners)
+                b = f"({c} > {draw(st.sampled_from([0, 1]))})"
+            y = draw_recent(draw, prog, partners)
+            a, c2 = (x, y) if draw(st.booleans()) else (y, x)
+            return prog.emit(out, MIX[form].format(b=b, x=a, y=c2))
+        if not discrete:
+            return None
+        c = draw_recent(draw, prog, discrete)
+        return prog.emit(out, MIX[form].format(c=c, x=x))
+
+    if kind == "cast":
+        if is_discrete(prog.dtype(x)):
+            how = draw(st.sampled_from(["astype", "cast"]))
+            if how == "astype":
+                return prog.emit(out, f"{x}.astype('float64')")
+            return prog.emit(out, f"pxm.cast({x}, 'float64')")
+        return prog.emit(out, f"pxm.cast({x}, {draw(st.sampled_from(['int64', 'int32']))!r})")
+
+    if kind == "compare":
+        return prog.emit(out, f"{x} > {draw(st.sampled_from([0, 1]))}")
+
+    if kind == "cumulative":
+        op = draw(st.sampled_from(CUMULATIVE))
+        over = draw(st.lists(st.sampled_from(dims), min_size=1, max_size=len(dims), unique=True))
+        arg = repr(over[0]) if len(over) == 1 and draw(st.booleans()) else repr(over)
+        return prog.emit(out, f"{x}.{op}({arg})")
 
     if kind == "roundtrip":
         # leave the labelled world through an ordinary tensor op, and come back
@@ -291,6 +390,26 @@ def apply_op(draw, prog: Program, kind: str, x: str) -> str | None:
     raise AssertionError(kind)
 
 
+def draw_array(rng: np.random.Generator, style: str, dtype: str, shape) -> np.ndarray:
+    """Values of one input in one style: moderate, signed with exact zeros, large."""
+    if dtype == "bool":
+        return rng.random(shape) < 0.5
+    if is_discrete(dtype):
+        low, high = {"moderate": (0, 3), "zeros": (-2, 3), "large": (-40, 41)}[style]
+        return rng.integers(low, high, size=shape).astype(dtype)
+    if style == "moderate":
+        return rng.uniform(0.5, 1.5, size=shape)
+    if style == "zeros":
+        return rng.choice([0.0, 0.0, 0.0, -1.5, -1.0, -0.5, 0.5, 1.0, 2.0], size=shape)
+    magnitude = 10 ** rng.uniform(1, 2.5, size=shape)  # 10 .. 316, a quarter of them zero
+    return np.where(rng.random(shape) < 0.25, 0.0, rng.choice([-1.0, 1.0], size=shape) * magnitude)
+
+
+def array_source(value: np.ndarray) -> str:
+    """Exact Python source of an array (floats print round-trippably)."""
+    return f"np.array({value.tolist()!r}, dtype={value.dtype.name!r})"
+
+
 @st.composite
 def programs(draw, min_ops=3, max_ops=8):
     prog = Program()
@@ -301,9 +420,12 @@ def programs(draw, min_ops=3, max_ops=8):
             break
         x = draw_recent(draw, prog)
         kind = draw(st.sampled_from(op_choices(prog, x)))
-        out = apply_op(draw, prog, kind, x)
+        try:
+            out = apply_op(draw, prog, kind, x)
+        except Exception:  # noqa: BLE001 -- PyTensor rejects this op on these dtypes
+            out = None
         if out is None:
-            continue  # did not fit the size limits; draw another operation
+            continue  # did not fit the size limits or the dtypes; draw another operation
         prog.nodes.append(out)
         prog.wrt_candidates.append(out)
         prog.kinds.append(kind)
@@ -326,6 +448,36 @@ def programs(draw, min_ops=3, max_ops=8):
     prog.emit("wrt", "[" + ", ".join(wrt) + "]")
     prog.emit("inputs", "[" + ", ".join(prog.inputs) + "]")
     prog.emit("nodes", "[" + ", ".join(prog.nodes) + "]")
+    prog.emit("disconnected_inputs", repr(draw(st.sampled_from(["ignore", "raise"]))))
+
+    # input values, written into the program so the repro is exact
+    style = draw(st.sampled_from(VALUE_STYLES))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    values = [draw_array(rng, style, prog.dtype(i), prog.ns[i].type.shape) for i in prog.inputs]
+    prog.emit("values", "[" + ", ".join(map(array_source, values)) + "]")
+
+    # vectorize_graph of the gradients, batching one leaf along a new dim "z"
+    how = draw(st.sampled_from([None, "graph", "xtensor"]))
+    if how is not None:
+        leaf = draw(st.sampled_from(prog.inputs))
+        var = prog.ns[leaf]
+        n = draw(st.integers(1, 3))
+        if isinstance(var.type, XTensorType):
+            axis = draw(st.sampled_from([0, var.type.ndim]))
+            dims = list(var.type.dims)
+            dims.insert(axis, BATCH_DIM)
+            shape = list(var.type.shape)
+            shape.insert(axis, n)
+            batched = (f"px.xtensor({leaf + '_batched'!r}, dims={py(dims)}, "
+                       f"shape={py(shape)}{dtype_arg(var.type.dtype)})")
+        else:
+            axis, shape = 0, (n, *var.type.shape)
+            batched = f"pt.tensor({leaf + '_batched'!r}, shape={py(shape)}{dtype_arg(var.type.dtype)})"
+        prog.emit("vectorize", repr(how))
+        prog.emit("batched", f"{{{leaf}: {batched}}}")
+        prog.emit("batch_axis", repr(axis))
+        prog.emit("batch_values", array_source(draw_array(rng, style, var.type.dtype, shape)))
+        prog.kinds.append(f"vectorize {how}")
     return prog
 
 
@@ -334,65 +486,302 @@ def programs(draw, min_ops=3, max_ops=8):
 # ---------------------------------------------------------------------------
 
 
+REWRITE_LOGGERS = ("pytensor.graph.rewriting.basic", "pytensor")
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(level=logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        if record not in self.records:  # a record reaches both loggers once each
+            self.records.append(record)
+
+
+@contextlib.contextmanager
+def rewrite_failures():
+    """Run under PyTensor's default ``on_opt_error="warn"``; collect what it logs at ERROR.
+
+    With "warn", a rewriter that meets an exception logs it on
+    ``pytensor.graph.rewriting.basic`` and carries on: a user sees no exception.
+    The yielded list receives those messages.
+    """
+    handler = _Records()
+    loggers = [logging.getLogger(name) for name in REWRITE_LOGGERS]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        with pytensor.config.change_flags(on_opt_error="warn"):
+            yield handler.records
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+
+
+def logged_text(records) -> str:
+    return "\n".join(r.getMessage() for r in records)[:4000]
+
+
+def compile_fn(inputs, outputs):
+    """Compile; return ``(function or None, exception or None, logged rewrite failures)``."""
+    with rewrite_failures() as logged:
+        try:
+            fn = pytensor.function(inputs, outputs, mode=MODE, on_unused_input="ignore")
+        except Exception as exc:  # noqa: BLE001 -- compared with the reference's
+            return None, exc, list(logged)
+    return fn, None, list(logged)
+
+
+def fuzz_cost(out, seed: int):
+    """``sum(out * W)`` with fixed non-uniform float weights (also for integer/boolean ``out``).
+
+    `reference.weighted_cost` casts its weights to ``out``'s dtype, which makes
+    them all zero for integers.
+    """
+    rng = np.random.default_rng(seed)
+    dtype = "float64" if is_discrete(out.type.dtype) else out.type.dtype
+    weights = rng.uniform(-1, 1, size=out.type.shape).astype(dtype)
+    return (out * px.as_xtensor(weights, dims=out.type.dims)).sum().values
+
+
 def refines(ours: tuple, ref: tuple) -> bool:
     """Each static length of ``ours`` is the reference's, or the reference does not know it."""
     return len(ours) == len(ref) and all(r is None or o == r for o, r in zip(ours, ref))
 
 
-def assert_same_gradients_one_function(ours, refs, inputs, values):
-    """`reference.assert_same_gradients`, compiled as ONE function (half the compile time).
+def assert_close(got, want, what: str):
+    """Same values; NaN and ±inf in the same places (never non-finite where the reference is finite)."""
+    want = np.asarray(want)
+    finite = np.abs(want[np.isfinite(want)]) if want.dtype.kind in "fc" else np.abs(want)
+    scale = max(1.0, float(finite.max())) if finite.size else 1.0
+    try:
+        np.testing.assert_allclose(
+            got, want, rtol=RTOL, atol=ATOL * scale, equal_nan=True, err_msg=what
+        )
+    except AssertionError as exc:
+        got = np.asarray(got)
+        if (np.isfinite(want) & ~np.isfinite(got)).any():
+            kind = "ours NaN/inf where the reference is finite"
+        elif not np.any(got) and np.any(want):
+            kind = "ours all zero where the reference is not"
+        else:
+            kind = "values differ"
+        raise AssertionError(f"{kind}\n{exc}") from None
 
-    Static shapes: ours must equal the reference's wherever the reference knows a
-    length; where it does not (None), ours may know more.  The exact-equality
-    deviation is pinned by `test_regression_static_shape_of_dot_with_batch_dim`.
+
+def check_types(ours, refs):
+    """Static facts: dtype, type, dims; static shape refines the reference's.
+
+    The exact-equality deviation of static shapes is pinned by
+    `test_regression_static_shape_of_dot_with_batch_dim`.
     """
     for o, r in zip(ours, refs, strict=True):
-        assert o.type.dtype == r.type.dtype, (o.type, r.type)
-        assert refines(o.type.shape, r.type.shape), (o.type, r.type)
-        assert type(o.type) is type(r.type), (o.type, r.type)
+        assert o.type.dtype == r.type.dtype, (o, o.type, r.type)
+        assert refines(o.type.shape, r.type.shape), (o, o.type, r.type)
+        assert type(o.type) is type(r.type), (o, o.type, r.type)
         if isinstance(o.type, XTensorType):
-            assert o.type.dims == r.type.dims, (o.type, r.type)
-    fn = pytensor.function(inputs, [*ours, *refs], mode=MODE, on_unused_input="ignore")
-    results = fn(*values)
-    got, want = results[: len(ours)], results[len(ours):]
-    for g, o in zip(got, ours, strict=True):
-        assert refines(g.shape, o.type.shape), (g.shape, o.type)  # our static shape is true
-    # Inputs are domain-safe; a rare overflow (exp of a large product) is not a
-    # finding, and the caller skips it.
-    if not all(np.all(np.isfinite(w)) for w in want):
-        return "non-finite reference: skipped"
-    for g, w, var in zip(got, want, ours, strict=True):
-        np.testing.assert_allclose(g, w, rtol=RTOL, atol=ATOL, err_msg=f"gradient {var}")
-    return "non-zero gradient" if any(np.any(w) for w in want) else "all gradients zero"
+            assert o.type.dims == r.type.dims, (o, o.type, r.type)
+
+
+def same_failure(ours_exc, ref_exc, what: str):
+    assert type(ours_exc) is type(ref_exc), (
+        f"{what}: the reference raised {type(ref_exc).__name__}: {ref_exc}\n"
+        f"ours raised {type(ours_exc).__name__}: {ours_exc}"
+    )
+
+
+def assert_no_logged_failure(logged, what: str):
+    assert not logged, f"{what}: PyTensor logged a rewrite failure:\n{logged_text(logged)}"
 
 
 def check_program(source: str, seed: int = 0) -> str:
     """Build the program from its source, then check ``pt.grad`` against the reference.
 
-    Returns what was seen (for the statistics); "non-finite ..." means nothing was compared.
+    Runs under ``on_opt_error="warn"`` whatever the suite sets, and fails if
+    PyTensor logs a rewrite failure.  Returns what was seen (for the statistics).
+    Sources without ``values``/``disconnected_inputs``/``vectorize`` (older
+    regression programs) get `reference.random_values`, "ignore" and no
+    vectorisation.
     """
     ns = dict(NAMESPACE)
     exec(source, ns)
     outs, wrt, inputs, nodes = ns["outs"], ns["wrt"], ns["inputs"], ns["nodes"]
-    # weighted_cost of each sink, with different weights: sum(sink_i * W_i)
-    cost = sum(weighted_cost(o, seed=1 + i) for i, o in enumerate(outs))
+    values = ns.get("values") or random_values(inputs, seed)
+    disconnected = ns.get("disconnected_inputs", "ignore")
+    # weighted cost of each sink, with different weights: sum(sink_i * W_i)
+    cost = sum(fuzz_cost(o, seed=1 + i) for i, o in enumerate(outs))
     forward = [cost, *nodes, *wrt]
 
-    before = graph_snapshot(forward)
-    ours = pt.grad(cost, wrt, disconnected_inputs="ignore")
-    assert_graph_unchanged(before, graph_snapshot(forward))
+    with rewrite_failures() as logged:
+        before = graph_snapshot(forward)
+        try:
+            ours, ours_exc = pt.grad(cost, wrt, disconnected_inputs=disconnected), None
+        except Exception as exc:  # noqa: BLE001
+            ours, ours_exc = None, exc
+        assert_graph_unchanged(before, graph_snapshot(forward))
+        try:
+            refs, ref_exc = reference_grad(cost, wrt, disconnected_inputs=disconnected), None
+        except Exception as exc:  # noqa: BLE001
+            refs, ref_exc = None, exc
+    assert_no_logged_failure(logged, "pt.grad")
+
+    if ref_exc is not None:
+        # ours must raise the same, at pt.grad time or when compiled
+        if ours_exc is not None:
+            same_failure(ours_exc, ref_exc, "pt.grad")
+            return f"both raise {type(ref_exc).__name__} at grad"
+        _, exc, logged = compile_fn(inputs, ours)
+        assert exc is not None, (
+            f"the reference raised {type(ref_exc).__name__} at pt.grad: {ref_exc}\n"
+            "ours built gradients that compile"
+            + (f"\n(logging:\n{logged_text(logged)})" if logged else "")
+        )
+        same_failure(exc, ref_exc, "compiling ours, the reference's pt.grad")
+        return f"ours raises {type(ref_exc).__name__} at compile"
+    if ours_exc is not None:
+        raise AssertionError(
+            f"the reference's pt.grad succeeded; ours raised {type(ours_exc).__name__}"
+        ) from ours_exc
 
     for g, w in zip(ours, wrt, strict=True):
         assert type(g.type) is type(w.type), (g.type, w.type)
         if isinstance(w.type, XTensorType):
             assert g.type.dims == w.type.dims, (g.type, w.type)
+    check_types(ours, refs)
 
-    refs = reference_grad(cost, wrt, disconnected_inputs="ignore")
     # The forward pass is compiled with the gradients (as users do), so the
     # expansion shares its lowered copy with it: check those values too.
     computed = [var for var in [cost, *nodes] if var.owner is not None]
-    return assert_same_gradients_one_function(
-        [*ours, *computed], [*refs, *lower(computed)], inputs, random_values(inputs, seed)
+    lowered = lower(computed)
+    fn, exc, logged = compile_fn(inputs, [*ours, *computed, *refs, *lowered])
+    if exc is not None or logged:
+        # whose is it? The reference alone:
+        _, ref_exc, ref_logged = compile_fn(inputs, [*refs, *lowered])
+        if exc is not None and ref_exc is not None:
+            same_failure(exc, ref_exc, "compile")
+            return f"both raise {type(exc).__name__} at compile"
+        if exc is not None:
+            raise AssertionError("ours does not compile; the reference does") from exc
+        if not ref_logged:
+            assert_no_logged_failure(logged, "compiling ours and the reference")
+        event("PyTensor logs a rewrite failure for the reference")
+    n = len(ours) + len(computed)
+    results = fn(*values)
+    got, want = results[:n], results[n:]
+    for g, o in zip(got, [*ours, *computed], strict=True):
+        assert refines(g.shape, o.type.shape), (g.shape, o.type)  # our static shape is true
+    for g, w, var in zip(got, want, [*ours, *computed], strict=True):
+        assert_close(g, w, f"gradient or forward value {var}")
+
+    outcome = "non-zero gradient" if any(np.any(w) for w in want[: len(ours)]) else "all gradients zero"
+    if not all(np.all(np.isfinite(w)) for w in want):
+        outcome = "non-finite reference"
+    if "vectorize" in ns:
+        outcome += "; " + check_vectorized(ns, ours, refs, inputs, values, fn)
+    return outcome
+
+
+def vectorize(how: str, outputs, replace):
+    if how == "graph":
+        return graph_vectorize_graph(list(outputs), replace)
+    (old, new), = replace.items()
+    new_tensor_dims = [] if isinstance(new.type, XTensorType) else [BATCH_DIM]
+    return xtensor_vectorize_graph(list(outputs), replace, new_tensor_dims=new_tensor_dims)
+
+
+def batch_first(value, var_vec, var, n):
+    """A vectorised output's value with the batch along axis 0 (broadcast if it has none).
+
+    A labelled output's batch dim is the one dim it has beyond ``var``'s: ``z``,
+    or a name PyTensor's generic ``vectorize_graph`` had to invent.
+    """
+    value = np.asarray(value)
+    assert value.ndim == var_vec.type.ndim, (value.shape, var_vec.type)
+    if isinstance(var_vec.type, XTensorType) and isinstance(var.type, XTensorType):
+        dims = var_vec.type.dims
+        new = [d for d in dims if d not in var.type.dims]
+        assert len(new) <= 1 and set(var.type.dims) <= set(dims), (var_vec.type, var.type)
+        if new and new[0] != BATCH_DIM:
+            event(f"vectorize: batch dim named {new[0]}")
+        value = value.transpose([dims.index(d) for d in new + list(var.type.dims)])
+        if new:
+            return value
+    elif value.ndim == var.type.ndim + 1:
+        return value
+    return np.broadcast_to(value, (n, *value.shape))
+
+
+def check_vectorized(ns, ours, refs, inputs, values, fn) -> str:
+    """The vectorised gradients equal a loop over the batch of the compiled gradient."""
+    how, (leaf, batched), = ns["vectorize"], *ns["batched"].items()
+    batch_values, axis = ns["batch_values"], ns["batch_axis"]
+    n = batch_values.shape[axis]
+    position = [i for i, inp in enumerate(inputs) if inp is leaf][0]
+    loop = []
+    for k in range(n):
+        vals = list(values)
+        vals[position] = np.take(batch_values, k, axis=axis)
+        loop.append(fn(*vals)[: len(ours)])
+    expected = [np.stack([row[j] for row in loop]) for j in range(len(ours))]
+    inputs_b = [batched if inp is leaf else inp for inp in inputs]
+    values_b = [batch_values if inp is leaf else v for inp, v in zip(inputs, values, strict=True)]
+
+    def attempt(grads):
+        try:
+            vec = vectorize(how, grads, {leaf: batched})
+        except Exception as exc:  # noqa: BLE001
+            return None, None, exc, []
+        f, exc, logged = compile_fn(inputs_b, vec)
+        if exc is not None:
+            return None, None, exc, logged
+        return vec, f(*values_b), None, logged
+
+    vec_r, got_r, exc_r, logged_r = attempt(refs)
+    vec_o, got_o, exc_o, logged_o = attempt(ours)
+    if logged_o and not logged_r:
+        assert_no_logged_failure(logged_o, f"vectorize_graph ({how})")
+    if exc_o is not None:
+        if exc_r is None:
+            raise AssertionError(
+                f"vectorize_graph ({how}) of the reference's gradients works, ours raises"
+            ) from exc_o
+        same_failure(exc_o, exc_r, f"vectorize_graph ({how})")
+        return f"vectorize {how}: both raise {type(exc_r).__name__}"
+    for g, v, var, j in zip(got_o, vec_o, ours, range(len(ours)), strict=True):
+        value = batch_first(g, v, var, n)
+        try:
+            assert_close(value, expected[j], f"vectorised gradient {var} ({how})")
+        except AssertionError:
+            if got_r is None:
+                raise
+            # a wrong vectorisation the reference shares is PyTensor's, not ours
+            assert_close(value, batch_first(got_r[j], vec_r[j], refs[j], n),
+                         f"vectorised gradient {var} ({how}), vs the reference's")
+            event("vectorize: the reference's loop mismatch too")
+    if exc_r is not None:
+        return f"vectorize {how}: reference raises {type(exc_r).__name__}, ours works"
+    return f"vectorize {how}: ok"
+
+
+COLLECT = os.environ.get("FUZZ_COLLECT")
+"""A file name: instead of failing, append each failing program to it (JSON lines,
+with a signature of the failure) and keep going, unshrunk.  For surveying many
+distinct failures at once: ``FUZZ_COLLECT=/tmp/failures.jsonl FUZZ_EXAMPLES=300``,
+then ``python tests/test_fuzz.py /tmp/failures.jsonl`` prints the smallest
+program per signature."""
+
+
+def signature(exc: BaseException) -> str:
+    """What kind of failure: exception type and first message line, numbers and names blurred."""
+    import re
+
+    line = next((ln for ln in str(exc).splitlines() if ln.strip()), "")
+    line = re.sub(r"\b[xtuv]\d+\b", "V", re.sub(r"\d+(\.\d+)?", "#", line))[:160]
+    cause = exc.__cause__
+    return f"{type(exc).__name__}: {line}" + (
+        f" <- {type(cause).__name__}: {str(cause).splitlines()[0][:80] if str(cause) else ''}"
+        if cause else ""
     )
 
 
@@ -400,16 +789,51 @@ def check_program(source: str, seed: int = 0) -> str:
     max_examples=int(os.environ.get("FUZZ_EXAMPLES", 200)),
     deadline=None,
     derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow],
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    **({"phases": [Phase.explicit, Phase.generate]} if COLLECT else {}),
 )
-@given(prog=programs(), seed=st.integers(0, 3))
-def test_fuzz_grad_matches_reference(prog, seed):
-    note(prog.source)
+@given(prog=programs())
+def test_fuzz_grad_matches_reference(prog):
     for kind in sorted(set(prog.kinds)):
         event(f"op {kind}")
-    outcome = check_program(prog.source, seed)
-    event(outcome)
-    assume(not outcome.startswith("non-finite"))
+    for name in prog.inputs:
+        event(f"leaf {prog.dtype(name)}")
+    if not COLLECT:
+        event(check_program(prog.source))
+        return
+    try:
+        event(check_program(prog.source))
+    except Exception as exc:  # noqa: BLE001 -- surveyed, not raised
+        import json
+
+        with open(COLLECT, "a") as f:
+            f.write(json.dumps({"signature": signature(exc), "source": prog.source}) + "\n")
+        event(f"FAILURE {signature(exc)}")
+
+
+def smallest_per_signature(path: str) -> dict[str, tuple[int, str]]:
+    """``{signature: (count, smallest source)}`` of a `COLLECT` file (size: without values)."""
+    import json
+
+    found: dict[str, tuple[int, str]] = {}
+    for line in open(path):
+        rec = json.loads(line)
+        count, best = found.get(rec["signature"], (0, None))
+
+        def size(src):
+            return len([ln for ln in src.splitlines() if "np.array([" not in ln])
+
+        if best is None or size(rec["source"]) < size(best):
+            best = rec["source"]
+        found[rec["signature"]] = (count + 1, best)
+    return found
+
+
+if __name__ == "__main__":
+    import sys
+
+    for sig, (count, source) in sorted(smallest_per_signature(sys.argv[1]).items()):
+        print(f"=== {count} x {sig}\n{source}\n")
 
 
 # ---------------------------------------------------------------------------
