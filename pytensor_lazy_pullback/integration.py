@@ -108,7 +108,7 @@ from pytensor.gradient import DisconnectedType, disconnected_type, grad_undefine
 from pytensor.graph.basic import Variable  # noqa: E402
 from pytensor.graph.null_type import NullType  # noqa: E402
 from pytensor.graph.replace import _vectorize_node, vectorize_graph  # noqa: E402
-from pytensor.graph.traversal import applys_between, toposort  # noqa: E402
+from pytensor.graph.traversal import ancestors, applys_between, toposort  # noqa: E402
 from pytensor.tensor.basic import constant  # noqa: E402
 from pytensor.tensor.type import float_dtypes  # noqa: E402
 
@@ -240,10 +240,12 @@ def _float_ones_like(x):
     rules = cotangent_rules(x)
     if rules is not None:
         return rules.ones_like(x)
-    if x.type.ndim == 0 and x.owner is not None and is_unlowered(x.owner):
-        # The seed of a cost computed by an un-lowered node: a constant, so that
-        # the gradient graph does not hold the un-lowered forward pass (which
-        # ``vectorize_graph`` could not batch) just to shape a scalar.
+    if x.type.ndim == 0 and any(
+        var.owner is not None and is_unlowered(var.owner) for var in ancestors([x])
+    ):
+        # The seed of a scalar cost computed from un-lowered nodes: a constant,
+        # so that the gradient graph does not hold the un-lowered forward pass
+        # (which ``vectorize_graph`` cannot batch) just to shape a scalar.
         dtype = x.type.dtype if x.type.dtype in float_dtypes else pytensor.config.floatX
         return constant(np.ones((), dtype=dtype))
     return _originals["_float_ones_like"](x)

@@ -17,7 +17,7 @@ from pytensor import config
 from pytensor.scalar import upcast
 from pytensor.tensor.type import continuous_dtypes, float_dtypes
 
-from pytensor_lazy_pullback.registry import cotangent_rules
+from pytensor_lazy_pullback.registry import cotangent_rules, is_conversion
 
 __all__ = [
     "LazyPullback",
@@ -138,17 +138,34 @@ class LazyPullback(LazyRegionOp):
     def _cotangent_type(self, var: Variable):
         """The type of `var`'s cotangent: `var`'s, with a float dtype if `var` is discrete.
 
-        A cotangent is never an integer (PyTensor's gradient contract).  For an
-        integer or boolean input it has the dtype the lowered chain rule gives:
-        that of the region's floating-point outputs (upcast), else ``floatX``.
+        A cotangent is never an integer (PyTensor's gradient contract).  For a
+        discrete input the dtype is what the lowered chain rule gives, read off
+        the region's own types: each node reading the input (through
+        conversions) contributes its floating-point output's dtype, or
+        ``floatX`` (the zeros a node with a discrete output returns); the
+        terms add up (upcast).
         """
-        dtype = var.type.dtype
-        if dtype in continuous_dtypes:
+        if var.type.dtype in continuous_dtypes:
             return var.type
-        output_dtypes = [
-            out.type.dtype for out in self.fgraph.outputs if out.type.dtype in float_dtypes
-        ]
-        return var.type.clone(dtype=upcast(*output_dtypes) if output_dtypes else config.floatX)
+        fgraph = self.fgraph
+        dtypes, stack, seen = [], [var], {var}
+        while stack:
+            current = stack.pop()
+            if current in fgraph.outputs:
+                dtypes.append(config.floatX)
+            for client, _ in fgraph.clients.get(current, ()):
+                if not isinstance(client, Apply):
+                    continue
+                for out in client.outputs:
+                    if out.type.dtype in float_dtypes:
+                        dtypes.append(out.type.dtype)
+                    elif is_conversion(client):
+                        if out not in seen:
+                            seen.add(out)
+                            stack.append(out)
+                    else:
+                        dtypes.append(config.floatX)
+        return var.type.clone(dtype=upcast(*dtypes) if dtypes else config.floatX)
 
     def infer_shape(self, node, input_shapes):
         return [input_shapes[i] for i in self.wrt]

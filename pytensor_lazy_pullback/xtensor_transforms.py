@@ -36,6 +36,7 @@ from pytensor.graph.traversal import ancestors
 from pytensor.graph.replace import vectorize_graph as vectorize_tensor_graph
 from pytensor.tensor.extra_ops import broadcast_to
 from pytensor.tensor.type import TensorType
+from pytensor.xtensor.basic import XTensorFromTensor
 from pytensor.xtensor.type import XTensorType, as_xtensor
 from pytensor.xtensor.vectorization import vectorize_graph as vectorize_labelled_graph
 
@@ -243,7 +244,33 @@ def _jacobian_override(original: Callable) -> Callable:
     return dispatching_jacobian
 
 
+def _naming_new_dims(original: Callable) -> Callable:
+    """Wrap ``XTensorFromTensor.vectorize_node`` to name new dims it is not told.
+
+    ``pytensor.graph.replace.vectorize_graph`` passes no dim name, and the
+    conversion then refuses to guess.  A lazy gradient keeps the user's
+    forward conversions (an ordinary pullback between two regions reads them),
+    which the reference, lowered first, does not have: so each new leading
+    axis becomes a dim named ``__unnamed_batch_dim_<i>__``, as for an expanded
+    `LazyPullback` (:func:`vectorize_expansion`).  Upstream home:
+    ``XTensorFromTensor.vectorize_node`` in ``pytensor/xtensor/basic.py``.
+    """
+
+    def vectorize_node(self, node, new_x, new_dim):
+        [old_x] = node.inputs
+        n_new = new_x.type.ndim - old_x.type.ndim
+        if n_new <= 0 or new_dim is not None:
+            return original(self, node, new_x, new_dim)
+        new_dims: list[str] = []
+        while len(new_dims) < n_new:
+            new_dims.append(_fresh_dim(set(self.dims) | set(new_dims)))
+        return [type(self)(dims=(*new_dims, *self.dims))(new_x)]
+
+    return vectorize_node
+
+
 register_function_override(pytensor.gradient, "jacobian", _jacobian_override)
 register_function_override(pt, "jacobian", _jacobian_override)
 register_function_override(pytensor.xtensor.vectorization, "vectorize_graph", _expanding_first)
+register_function_override(XTensorFromTensor, "vectorize_node", _naming_new_dims)
 register_expansion_vectorizer(vectorize_expansion)

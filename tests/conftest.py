@@ -35,7 +35,12 @@ def _default_rewrite_config():
 
 @pytest.fixture(autouse=True)
 def fail_on_logged_rewrite_failure(request):
-    """Fail the test if PyTensor logged a rewrite failure while it ran."""
+    """Fail the test if PyTensor logged a rewrite failure while it ran.
+
+    A test marked ``checks_logged_rewrite_failures`` judges them itself (the
+    fuzzer tolerates one that the reference, compiled alone, logs too: a
+    PyTensor bug that is not ours).
+    """
     handler = _Collect()
     logger = logging.getLogger(REWRITE_LOGGER)
     logger.addHandler(handler)
@@ -43,7 +48,7 @@ def fail_on_logged_rewrite_failure(request):
         yield handler
     finally:
         logger.removeHandler(handler)
-    if handler.records:
+    if handler.records and not request.node.get_closest_marker("checks_logged_rewrite_failures"):
         first = handler.records[0].getMessage()
         pytest.fail(
             f"PyTensor logged {len(handler.records)} rewrite failure record(s) during "

@@ -585,7 +585,7 @@ def check_types(ours, refs):
 
 
 def same_failure(ours_exc, ref_exc, what: str):
-    assert type(ours_exc) is type(ref_exc), (
+    assert isinstance(ours_exc, type(ref_exc)), (
         f"{what}: the reference raised {type(ref_exc).__name__}: {ref_exc}\n"
         f"ours raised {type(ours_exc).__name__}: {ours_exc}"
     )
@@ -626,6 +626,13 @@ def check_program(source: str, seed: int = 0) -> str:
             refs, ref_exc = None, exc
     assert_no_logged_failure(logged, "pt.grad")
 
+    if isinstance(ref_exc, AttributeError) and "get_underlying_scalar_constant_value" in str(
+        ref_exc
+    ):
+        # PyTensor 3.3 fails while formatting its own ValueError ("grad through
+        # integer-valued outputs is not zero"): a bug of the reference's error
+        # path, not a behaviour to reproduce.  Ours has no such check to fail.
+        return "the reference hits PyTensor's error-formatting bug"
     if ref_exc is not None:
         # ours must raise the same, at pt.grad time or when compiled
         if ours_exc is not None:
@@ -793,6 +800,7 @@ def signature(exc: BaseException) -> str:
     **({"phases": [Phase.explicit, Phase.generate]} if COLLECT else {}),
 )
 @given(prog=programs())
+@pytest.mark.checks_logged_rewrite_failures
 def test_fuzz_grad_matches_reference(prog):
     for kind in sorted(set(prog.kinds)):
         event(f"op {kind}")
