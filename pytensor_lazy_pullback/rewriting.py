@@ -14,7 +14,7 @@ from pytensor.compile.ops import view_op
 from pytensor.gradient import DisconnectedType, NullTypeGradError, pullback
 from pytensor.graph.basic import Apply, Constant, Variable, clone_get_equiv
 from pytensor.graph.fg import FunctionGraph
-from pytensor.graph.rewriting.basic import MergeOptimizer, dfs_rewriter, node_rewriter
+from pytensor.graph.rewriting.basic import MergeOptimizer, dfs_rewriter, graph_rewriter, node_rewriter
 from pytensor.graph.fg import FrozenFunctionGraph
 from pytensor.graph.op import Op
 from pytensor.graph.traversal import toposort
@@ -260,7 +260,8 @@ optdb.register(
 # recomputed in every iteration: PyTensor's loop-invariant push-out
 # (``scan_eqopt1``) has run on the outer graph by then and saw nothing it could
 # move.  So, before any Scan rewrite, every such node is rebuilt with its inner
-# graph expanded and lowered, as "lower first, then grad" would have built it.
+# graph expanded and lowered, as "lower first, then grad" would have built it,
+# and the graph holding it is expanded and lowered at the same point.
 
 EXPAND_INNER_GRAPHS_POSITION = 0.04
 """Position of ``expand_inner_graphs`` in ``optdb``: after ``merge1`` (0) and
@@ -350,9 +351,28 @@ def expand_inner_graphs(fgraph, node):
 
 _expand_inner_all = dfs_rewriter(expand_inner_graphs, ignore_newtrees=True)
 
+
+@graph_rewriter
+def expand_inner_graphs_and_lower(fgraph):
+    """Rebuild inner graphs holding un-lowered Ops, expanded; then, if any was, lower the outer graph.
+
+    Lowering the outer graph at the same point (as the reference lowered
+    everything before differentiating) lets the Scan push-out that follows
+    move the lowered loop-invariant part of a loop onto the lowered forward
+    pass of the outer graph, where merging finds them equal; lowered later,
+    the two copies are built in an order in which ``MergeOptimizer`` misses
+    some duplicates.
+    """
+    before = set(fgraph.apply_nodes)
+    _expand_inner_all.rewrite(fgraph)
+    if not before.issuperset(fgraph.apply_nodes):
+        for lowering in lowerings_for(fgraph.apply_nodes):
+            lowering(fgraph)
+
+
 optdb.register(
     "expand_inner_graphs",
-    _expand_inner_all,
+    expand_inner_graphs_and_lower,
     "fast_run",
     "fast_compile",
     "minimum_compile",
