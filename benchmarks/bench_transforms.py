@@ -55,8 +55,14 @@ from pytensor_lazy_pullback import integration_disabled  # noqa: E402
 # scalar and out a vector output (for jacobians, pushforward and pullback).
 # Inputs are plain tensors labelled with as_xtensor: the reference's lowered
 # graph then holds no xtensor conversion, which PyTensor's own
-# pushforward(use_op_pushforward=True) could not differentiate.
+# pushforward(use_op_pushforward=True) could not differentiate (constants
+# likewise, see _labelled).
 # ---------------------------------------------------------------------------
+
+
+def _labelled(data, dims):
+    """A labelled constant that lowers to a plain tensor constant (no conversion left)."""
+    return px.as_xtensor(pt.constant(data), dims=dims)
 
 
 def dense():
@@ -76,7 +82,7 @@ def index_concat():
     rng = np.random.default_rng(3)
     pt_ = pt.vector("p", shape=(24,))
     p = px.as_xtensor(pt_, dims=("i",))
-    idx = px.as_xtensor(rng.integers(0, 24, size=16), dims=("j",))
+    idx = _labelled(rng.integers(0, 24, size=16), ("j",))
     head = p.isel(i=slice(0, 12)).rename(i="k")
     tail = px.math.exp(p.isel(i=slice(12, None))).rename(i="k")
     gathered = px.math.sin(p.isel(i=idx)).rename(j="k")
@@ -89,8 +95,8 @@ def index_concat():
 def glm():
     """A Poisson GLM log-likelihood: counts * log(rate) - rate, rate = exp(dot(X, beta))."""
     rng = np.random.default_rng(4)
-    X = px.as_xtensor(rng.normal(size=(200, 8)) * 0.3, dims=("obs", "feature"))
-    counts = px.as_xtensor(rng.poisson(2.0, size=200).astype("float64"), dims=("obs",))
+    X = _labelled(rng.normal(size=(200, 8)) * 0.3, ("obs", "feature"))
+    counts = _labelled(rng.poisson(2.0, size=200).astype("float64"), ("obs",))
     bt = pt.vector("beta", shape=(8,))
     beta = px.as_xtensor(bt, dims=("feature",))
     rate = px.math.exp(px.dot(X, beta, dim="feature"))
