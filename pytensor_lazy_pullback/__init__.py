@@ -14,6 +14,7 @@ docstring says; this ``__init__`` is the add-on's public face only.
 from pytensor_lazy_pullback.op import LazyPullback, LazyPullbackNotExpandedError
 from pytensor_lazy_pullback.rewriting import (
     LazyPullbackExpansionError,
+    expand_inner_graphs,
     expand_lazy_pullback,
     expand_lazy_pullbacks,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "LazyPullbackNotExpandedError",
     "disable",
     "enable",
+    "expand_inner_graphs",
     "expand_lazy_pullback",
     "expand_lazy_pullbacks",
     "integration_disabled",

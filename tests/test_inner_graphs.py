@@ -274,3 +274,17 @@ def test_transforms_stay_lazy():
             if isinstance(inner.op, LazyPullback)
         ]
         assert lazy_inside, "the row loop should hold the lazy pullback until compilation"
+
+
+def test_lower_xtensor_workaround_reaches_inner_graphs():
+    """``rewrite_graph(..., include=("lower_xtensor",))`` also expands the row loop."""
+    x, wt, cost = dense_model()
+    ours = gradient.hessian(cost, wt)
+    [rewritten] = rewrite_graph([ours], include=("lower_xtensor",), clone=True)
+    nodes = list(applys_between(list(graph_inputs([rewritten])), [rewritten]))
+    loops = [n.op for n in nodes if isinstance(n.op, Scan)]
+    assert loops
+    for op in loops:
+        assert not any(isinstance(o, XOp | LazyPullback) for o in graph_ops(op.fgraph))
+    ref = reference(lambda c: gradient.hessian(c, wt), cost)
+    assert_same_gradients([rewritten], [ref], [x, wt], values())
