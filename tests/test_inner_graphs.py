@@ -49,7 +49,15 @@ def _default_rewrite_errors(caplog):
 N_A, N_B = 5, 4
 
 
-def dense_model():
+def dense_model(plain_x=False):
+    """The model; `plain_x`: ``x`` is a plain tensor under a label, not an xtensor input."""
+    if plain_x:
+        xt = pt.matrix("x", shape=(N_A, N_B))
+        x_in, x = xt, px.as_xtensor(xt, dims=("a", "b"))
+        wt = pt.vector("w", shape=(N_B,))
+        w = px.as_xtensor(wt, dims=("b",))
+        h = px.math.tanh(px.dot(x, w, dim="b"))
+        return x_in, wt, ((h * px.math.exp(x).mean("b")) ** 2).sum().values
     x = px.xtensor("x", dims=("a", "b"), shape=(N_A, N_B))
     wt = pt.vector("w", shape=(N_B,))
     w = px.as_xtensor(wt, dims=("b",))
@@ -122,9 +130,10 @@ TRANSFORMS = {
 }
 
 
+@pytest.mark.parametrize("plain_x", [False, True])
 @pytest.mark.parametrize("name", list(TRANSFORMS))
-def test_row_loop_holds_no_forward_pass(name):
-    x, wt, cost = dense_model()
+def test_row_loop_holds_no_forward_pass(name, plain_x):
+    x, wt, cost = dense_model(plain_x)
     ours = TRANSFORMS[name](cost, wt)
     fn = pytensor.function([x, wt], ours, mode=COUNT_MODE)
     [scan] = scans(fn)
