@@ -14,7 +14,12 @@ from pytensor.compile.ops import view_op
 from pytensor.gradient import DisconnectedType, NullTypeGradError, pullback
 from pytensor.graph.basic import Apply, Constant, Variable, clone_get_equiv
 from pytensor.graph.fg import FunctionGraph
-from pytensor.graph.rewriting.basic import MergeOptimizer, dfs_rewriter, graph_rewriter, node_rewriter
+from pytensor.graph.rewriting.basic import (
+    MergeOptimizer,
+    dfs_rewriter,
+    graph_rewriter,
+    node_rewriter,
+)
 from pytensor.graph.fg import FrozenFunctionGraph
 from pytensor.graph.op import Op
 from pytensor.graph.traversal import toposort
@@ -280,7 +285,7 @@ def _inner_fgraph(op: Op) -> FrozenFunctionGraph | None:
 
 
 def holds_unlowered(fgraph: FunctionGraph | FrozenFunctionGraph) -> bool:
-    """Whether `fgraph`, or an inner graph nested in it, holds a `LazyPullback` or an un-lowered Op.
+    """Whether `fgraph` (or a graph nested in it) holds a `LazyPullback` or an un-lowered Op.
 
     Conversions do not count: they may stay at the boundary of a lowered graph.
     """
@@ -333,7 +338,7 @@ def _rebuilt_outputs(node: Apply) -> list[Variable] | None:
 
 
 def expand_inner_graphs_in(fgraph: FunctionGraph) -> None:
-    """Rebuild, in place, every `Scan`/`OpFromGraph` of a private `fgraph` that holds un-lowered Ops."""
+    """Rebuild, in place, each `Scan`/`OpFromGraph` of a private `fgraph` holding un-lowered Ops."""
     for node in fgraph.toposort():
         new_outputs = _rebuilt_outputs(node)
         if new_outputs is not None:
@@ -345,7 +350,7 @@ def expand_inner_graphs_in(fgraph: FunctionGraph) -> None:
 
 @node_rewriter([Scan, OpFromGraph])
 def expand_inner_graphs(fgraph, node):
-    """Rebuild a `Scan`/`OpFromGraph` whose inner graph holds lazy pullbacks or un-lowered Ops, expanded and lowered."""
+    """Rebuild a `Scan`/`OpFromGraph` holding un-lowered Ops with its inner graph lowered."""
     return _rebuilt_outputs(node)
 
 
@@ -354,7 +359,7 @@ _expand_inner_all = dfs_rewriter(expand_inner_graphs, ignore_newtrees=True)
 
 @graph_rewriter
 def expand_inner_graphs_and_lower(fgraph):
-    """Rebuild inner graphs holding un-lowered Ops, expanded; then, if any was, lower the outer graph.
+    """Rebuild inner graphs holding un-lowered Ops; if any was, lower the outer graph too.
 
     Lowering the outer graph at the same point (as the reference lowered
     everything before differentiating) lets the Scan push-out that follows

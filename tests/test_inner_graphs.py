@@ -78,7 +78,7 @@ def reference(transform, cost):
 
 
 def graph_ops(fgraph):
-    """Every Op of `fgraph` and of its inner graphs (Scan, OpFromGraph, Composite ...), recursively."""
+    """Every Op of `fgraph` and of its inner graphs (Scan, OpFromGraph, Composite ...)."""
     for node in fgraph.apply_nodes:
         for op in (node.op, getattr(node.op, "scalar_op", None)):
             if op is None:
@@ -142,7 +142,8 @@ def test_row_loop_holds_no_forward_pass(name, plain_x):
     # tanh and exp are the forward pass, loop-invariant: pushed out of the loop.
     assert not any(isinstance(op, ps.Tanh | ps.Exp) for op in inner_ops), scan.op.fgraph
 
-    ref_fn = pytensor.function([x, wt], reference(lambda c: TRANSFORMS[name](c, wt), cost), mode=COUNT_MODE)
+    ref = reference(lambda c: TRANSFORMS[name](c, wt), cost)
+    ref_fn = pytensor.function([x, wt], ref, mode=COUNT_MODE)
     assert n_nodes(fn.maker.fgraph) <= n_nodes(ref_fn.maker.fgraph)
 
 
@@ -202,7 +203,8 @@ def test_opfromgraph_holding_xtensor_ops():
     assert_same_gradients(ours, ref, [xt, wt], vals)
     cost_fn = pytensor.function([xt, wt], cost, mode=MODE)
     numeric = central_jacobian(lambda w: np.atleast_1d(cost_fn(vals[0], w)), vals[1])[0]
-    np.testing.assert_allclose(ours[2].eval({xt: vals[0], wt: vals[1]}, mode=MODE), numeric, rtol=1e-6)
+    got = ours[2].eval({xt: vals[0], wt: vals[1]}, mode=MODE)
+    np.testing.assert_allclose(got, numeric, rtol=1e-6)
 
 
 def test_user_scan_over_xtensor_ops():
@@ -215,7 +217,13 @@ def test_user_scan_over_xtensor_ops():
         return acc + (px.math.tanh(r * lw) * px.math.exp(lw)).sum().values
 
     def run(step_fn):
-        out = pytensor.scan(step_fn, sequences=[xt], outputs_info=[pt.zeros(())], non_sequences=[wt], return_updates=False)
+        out = pytensor.scan(
+            step_fn,
+            sequences=[xt],
+            outputs_info=[pt.zeros(())],
+            non_sequences=[wt],
+            return_updates=False,
+        )
         return out[-1] ** 2
 
     cost = run(step)
@@ -249,7 +257,13 @@ def test_nested_scan():
     scale = pt.vector("s", shape=(3,))
 
     def total(c):
-        return pytensor.scan(lambda s, w: gradient.hessian(c * s, w).sum(), sequences=[scale], non_sequences=[wt], return_updates=False).sum()
+        rows = pytensor.scan(
+            lambda s, w: gradient.hessian(c * s, w).sum(),
+            sequences=[scale],
+            non_sequences=[wt],
+            return_updates=False,
+        )
+        return rows.sum()
 
     ours = total(cost)
     ref = reference(total, cost)
