@@ -7,6 +7,7 @@ Upstream home: ``pytensor/tensor/rewriting/lazy_pullback.py`` (registration in
 from __future__ import annotations
 
 from collections.abc import Sequence
+from weakref import WeakKeyDictionary
 
 from pytensor.compile import optdb
 from pytensor.compile.builders import FinalizedOpFromGraph, OpFromGraph
@@ -288,14 +289,25 @@ def holds_unlowered(fgraph: FunctionGraph | FrozenFunctionGraph) -> bool:
     """Whether `fgraph` (or a graph nested in it) holds a `LazyPullback` or an un-lowered Op.
 
     Conversions do not count: they may stay at the boundary of a lowered graph.
+    The answer for a frozen (immutable) inner graph is cached, as every
+    compilation asks it of every loop.
     """
-    for node in fgraph.apply_nodes:
-        if is_unlowered(node) and not is_conversion(node):
-            return True
-        inner = _inner_fgraph(node.op)
-        if inner is not None and holds_unlowered(inner):
-            return True
-    return False
+    if isinstance(fgraph, FrozenFunctionGraph):
+        try:
+            return _holds_unlowered_cache[fgraph]
+        except KeyError:
+            pass
+    found = any(
+        (is_unlowered(node) and not is_conversion(node))
+        or ((inner := _inner_fgraph(node.op)) is not None and holds_unlowered(inner))
+        for node in fgraph.apply_nodes
+    )
+    if isinstance(fgraph, FrozenFunctionGraph):
+        _holds_unlowered_cache[fgraph] = found
+    return found
+
+
+_holds_unlowered_cache: WeakKeyDictionary = WeakKeyDictionary()
 
 
 def expanded_inner_graph_op(op: Op) -> Op | None:
