@@ -3,6 +3,7 @@
 #   ./run.sh demo             set up if needed, then run the demo
 #   ./run.sh test [ARGS...]   set up if needed, then run the whole test suite
 #   ./run.sh bench [ARGS...]  set up if needed, then run the benchmarks
+#   ./run.sh bench-transforms [ARGS...]  every derivative transform vs the reference
 # Set-up: a .venv with Python 3.12 (from .python-version, through pyenv when it
 # is there) and this package installed editable with its test, pymc and jax
 # extras (the suite covers PyMC models and the JAX backend).
@@ -37,5 +38,6 @@ case "$command" in
     demo) exec .venv/bin/python examples/demo.py "$@" ;;
     test) exec .venv/bin/python -m pytest "$@" ;;
     bench) exec .venv/bin/python benchmarks/bench_grad.py "$@" ;;
-    *) echo "usage: ./run.sh demo | test [pytest args] | bench [args]" >&2; exit 2 ;;
+    bench-transforms) exec .venv/bin/python benchmarks/bench_transforms.py "$@" ;;
+    *) echo "usage: ./run.sh demo | test [pytest args] | bench [args] | bench-transforms [args]" >&2; exit 2 ;;
 esac

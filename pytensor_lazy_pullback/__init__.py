@@ -25,6 +25,7 @@ from pytensor_lazy_pullback.op import (
 )
 from pytensor_lazy_pullback.rewriting import (
     LazyPullbackExpansionError,
+    expand_inner_graphs,
     expand_lazy_pullback,
     expand_lazy_pullbacks,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "LazyPushforward",
     "disable",
     "enable",
+    "expand_inner_graphs",
     "expand_lazy_pullback",
     "expand_lazy_pullbacks",
     "integration_disabled",

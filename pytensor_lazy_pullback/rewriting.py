@@ -7,15 +7,25 @@ Upstream home: ``pytensor/tensor/rewriting/lazy_pullback.py`` (registration in
 from __future__ import annotations
 
 from collections.abc import Sequence
+from weakref import WeakKeyDictionary
 
 from pytensor.compile import optdb
+from pytensor.compile.builders import FinalizedOpFromGraph, OpFromGraph
 from pytensor.compile.ops import view_op
 import pytensor.gradient as gradient
 from pytensor.gradient import DisconnectedType, pullback
 from pytensor.graph.basic import Apply, Constant, Variable, clone_get_equiv
 from pytensor.graph.fg import FunctionGraph
-from pytensor.graph.rewriting.basic import MergeOptimizer, dfs_rewriter, node_rewriter
+from pytensor.graph.rewriting.basic import (
+    MergeOptimizer,
+    dfs_rewriter,
+    graph_rewriter,
+    node_rewriter,
+)
+from pytensor.graph.fg import FrozenFunctionGraph
+from pytensor.graph.op import Op
 from pytensor.graph.traversal import toposort
+from pytensor.scan.op import Scan
 
 from pytensor_lazy_pullback.op import LazyPullback, LazyPushforward
 from pytensor_lazy_pullback.registry import (
@@ -27,9 +37,12 @@ from pytensor_lazy_pullback.registry import (
 )
 
 __all__ = [
+    "EXPAND_INNER_GRAPHS_POSITION",
     "EXPAND_POSITION",
     "LazyPullbackExpansionError",
+    "expand_all_inner_graphs",
     "expand_all_lazy_pullbacks",
+    "expand_inner_graphs",
     "expand_lazy_pullback",
     "expand_lazy_pullbacks",
     "with_lazy_pullbacks_expanded",
@@ -346,6 +359,151 @@ optdb.register(
     "fast_compile",
     "minimum_compile",
     position=EXPAND_POSITION,
+)
+
+
+# Inner graphs: Scan and OpFromGraph
+# ----------------------------------
+#
+# ``hessian`` and ``jacobian(vectorize=False)`` map a gradient over rows with a
+# ``Scan``, so its inner graph holds a `LazyPullback` (and a user's scan or
+# ``OpFromGraph`` may hold un-lowered Ops).  Expanded only when the inner graph
+# is compiled, the lowered forward pass and first-order pullback would be
+# recomputed in every iteration: PyTensor's loop-invariant push-out
+# (``scan_eqopt1``) has run on the outer graph by then and saw nothing it could
+# move.  So, before any Scan rewrite, every such node is rebuilt with its inner
+# graph expanded and lowered, as "lower first, then grad" would have built it,
+# and the graph holding it is expanded and lowered at the same point.
+
+EXPAND_INNER_GRAPHS_POSITION = 0.04
+"""Position of ``expand_inner_graphs`` in ``optdb``: after ``merge1`` (0) and
+``inline_ofg_expansion`` (-0.01), so identical loops are merged and inlined
+``OpFromGraph``\\ s are left to the outer expansion, and before ``scan_eqopt1``
+(0.05), whose push-out must see the lowered inner graphs."""
+
+
+def _inner_fgraph(op: Op) -> FrozenFunctionGraph | None:
+    """The inner graph of a `Scan` or (non-finalized) `OpFromGraph` `op`, else None."""
+    if isinstance(op, Scan) or (
+        isinstance(op, OpFromGraph) and not isinstance(op, FinalizedOpFromGraph)
+    ):
+        return op.fgraph
+    return None
+
+
+def holds_unlowered(fgraph: FunctionGraph | FrozenFunctionGraph) -> bool:
+    """Whether `fgraph` (or a graph nested in it) holds a `LazyPullback` or an un-lowered Op.
+
+    Conversions do not count: they may stay at the boundary of a lowered graph.
+    The answer for a frozen (immutable) inner graph is cached, as every
+    compilation asks it of every loop.
+    """
+    if isinstance(fgraph, FrozenFunctionGraph):
+        try:
+            return _holds_unlowered_cache[fgraph]
+        except KeyError:
+            pass
+    found = any(
+        (is_unlowered(node) and not is_conversion(node))
+        or ((inner := _inner_fgraph(node.op)) is not None and holds_unlowered(inner))
+        for node in fgraph.apply_nodes
+    )
+    if isinstance(fgraph, FrozenFunctionGraph):
+        _holds_unlowered_cache[fgraph] = found
+    return found
+
+
+_holds_unlowered_cache: WeakKeyDictionary = WeakKeyDictionary()
+
+
+def expanded_inner_graph_op(op: Op) -> Op | None:
+    """`op` (a `Scan` or `OpFromGraph`) rebuilt with its inner graph expanded and lowered.
+
+    Nested inner graphs are rebuilt first, then the inner graph's own
+    `LazyPullback`\\ s are expanded (sharing the lowered forward pass) and its
+    un-lowered Ops lowered, by :func:`lower_graph`.  Returns None if there is
+    nothing to expand.  `op` is not modified.
+    """
+    frozen = _inner_fgraph(op)
+    if frozen is None or not holds_unlowered(frozen):
+        return None
+    inner = frozen.unfreeze()
+    expand_inner_graphs_in(inner)
+    lower_graph(inner)
+    if isinstance(op, Scan):
+        # The constructor, not ``clone_with_inner_graph``: output types follow the
+        # inner outputs, whose static shapes the expansion may have refined.
+        return Scan(
+            list(inner.inputs),
+            list(inner.outputs),
+            op.info,
+            mode=op.mode,
+            truncate_gradient=op.truncate_gradient,
+            name=op.name,
+            profile=op.profile,
+            allow_gc=op.allow_gc,
+            strict=op.strict,
+        )
+    return op.clone_with_inner_graph(inner)
+
+
+def _rebuilt_outputs(node: Apply) -> list[Variable] | None:
+    new_op = expanded_inner_graph_op(node.op)
+    if new_op is None:
+        return None
+    new_node = new_op.make_node(*node.inputs)
+    return [_like(old, new) for old, new in zip(node.outputs, new_node.outputs, strict=True)]
+
+
+def expand_inner_graphs_in(fgraph: FunctionGraph) -> None:
+    """Rebuild, in place, each `Scan`/`OpFromGraph` of a private `fgraph` holding un-lowered Ops."""
+    for node in fgraph.toposort():
+        new_outputs = _rebuilt_outputs(node)
+        if new_outputs is not None:
+            fgraph.replace_all(
+                list(zip(node.outputs, new_outputs, strict=True)),
+                reason="expand_inner_graphs",
+            )
+
+
+@node_rewriter([Scan, OpFromGraph])
+def expand_inner_graphs(fgraph, node):
+    """Rebuild a `Scan`/`OpFromGraph` holding un-lowered Ops with its inner graph lowered."""
+    return _rebuilt_outputs(node)
+
+
+expand_all_inner_graphs = dfs_rewriter(
+    expand_inner_graphs, ignore_newtrees=True, failure_callback=None
+)
+"""``expand_inner_graphs`` applied to a whole graph; errors reach the user (see
+`expand_all_lazy_pullbacks`)."""
+
+
+@graph_rewriter
+def expand_inner_graphs_and_lower(fgraph):
+    """Rebuild inner graphs holding un-lowered Ops; if any was, lower the outer graph too.
+
+    Lowering the outer graph at the same point (as the reference lowered
+    everything before differentiating) lets the Scan push-out that follows
+    move the lowered loop-invariant part of a loop onto the lowered forward
+    pass of the outer graph, where merging finds them equal; lowered later,
+    the two copies are built in an order in which ``MergeOptimizer`` misses
+    some duplicates.
+    """
+    before = set(fgraph.apply_nodes)
+    expand_all_inner_graphs.rewrite(fgraph)
+    if not before.issuperset(fgraph.apply_nodes):
+        for lowering in lowerings_for(fgraph.apply_nodes):
+            lowering(fgraph)
+
+
+optdb.register(
+    "expand_inner_graphs",
+    expand_inner_graphs_and_lower,
+    "fast_run",
+    "fast_compile",
+    "minimum_compile",
+    position=EXPAND_INNER_GRAPHS_POSITION,
 )
 
 

@@ -19,8 +19,9 @@ It registers, with the generic machinery of
 * how labelled cotangents are aligned to their variable's dims, **by name**,
   and how labelled zeros and ones are made.
 
-It also puts ``expand_lazy_pullback`` into ``lower_xtensor``, so
-``rewrite_graph(grads, include=("lower_xtensor",))`` expands lazy gradients
+It also puts ``expand_lazy_pullback`` and ``expand_inner_graphs`` into
+``lower_xtensor``, so ``rewrite_graph(grads, include=("lower_xtensor",))``
+expands lazy gradients, also inside the loops of ``hessian`` and ``jacobian``,
 as well as lowering the forward graph; and gives `XTensorType` the
 ``in_same_class`` that `TensorType` has (see :func:`xtensor_in_same_class`).
 """
@@ -55,7 +56,7 @@ from pytensor_lazy_pullback.registry import (
     register_undefined_gradient_op,
     register_unlowered_op,
 )
-from pytensor_lazy_pullback.rewriting import expand_all_lazy_pullbacks
+from pytensor_lazy_pullback.rewriting import expand_all_inner_graphs, expand_all_lazy_pullbacks
 
 __all__ = [
     "align_labelled_cotangent",
@@ -227,6 +228,13 @@ if "in_same_class" not in vars(XTensorType):
 lower_xtensor_db.register(
     "expand_lazy_pullback",
     expand_all_lazy_pullbacks,
+    "fast_run",
+    "fast_compile",
+    "minimum_compile",
+)
+lower_xtensor_db.register(
+    "expand_inner_graphs",
+    expand_all_inner_graphs,
     "fast_run",
     "fast_compile",
     "minimum_compile",
