@@ -1,7 +1,8 @@
 """Integration with :mod:`pytensor.gradient`: the one module touching PyTensor internals.
 
 Upstream home: these few lines would go straight into ``pytensor/gradient.py``
-(``_populate_grad_dict``, ``_float_zeros_like`` and ``_float_ones_like``).
+(``_populate_grad_dict``, ``_populate_var_to_app_to_idx``, ``_float_zeros_like``
+and ``_float_ones_like``).
 
 :func:`pytensor.grad` (and everything built on it: ``pullback``,
 ``pushforward``, ``jacobian``, ``hessian``, ``verify_grad``, the gradients of
@@ -12,7 +13,11 @@ of un-lowered nodes in the map (:mod:`pytensor_lazy_pullback.regions`) and
 replaces each by a single stand-in node whose pullback is one
 :class:`~pytensor_lazy_pullback.LazyPullback`.  Because ``grad`` looks these
 helpers up in its module at every call, this works however ``grad`` was
-imported, and whenever the graph was built.
+imported, and whenever the graph was built.  The map itself is built by
+``_populate_var_to_app_to_idx``, which PyTensor writes recursively (one frame
+per node of the longest path): :func:`enable` replaces it by a loop that
+builds the same map in the same order, so graphs deeper than the recursion
+limit reach the regions at all.
 
 It also wraps ``_float_zeros_like`` and ``_float_ones_like``, which ``grad``
 uses for disconnected inputs and for the cost's seed, so that types with

@@ -57,7 +57,8 @@ def expand_node(node: Apply) -> list[Variable]:
 
     A private copy of the node's region, on fresh inputs, is lowered (nested
     `LazyPullback`\\ s first) and differentiated with
-    :func:`pytensor.gradient.pullback`; the node's real inputs and cotangents are
+    :func:`pytensor.gradient.pullback` (in chunks if it is too deep for one
+    call, see :func:`deep_pullback`); the node's real inputs and cotangents are
     then substituted for the fresh ones.  Nothing of the graph holding `node`
     is lowered or modified.
     """
