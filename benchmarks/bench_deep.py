@@ -135,7 +135,9 @@ def main(argv=None):
         " and fails from about 1,490 nodes deep; from about 2,990 nodes deep it already"
         " fails in _populate_var_to_app_to_idx (account_for). The lowered forward graph"
         " of a 10,000-op chain compiles (FAST_COMPILE and Numba). With this package,"
-        " pt.grad, the expansion and compilation have no such limit."
+        " pt.grad and the expansion have no such limit; compiling the gradient stops"
+        " only where PyTensor's backends do (Numba: an n-ary Mul of more than ~2,990"
+        " operands; see doc/differences.md, 'Deep graphs')."
     )
 
 
