@@ -1,7 +1,8 @@
 """Integration with :mod:`pytensor.gradient`: the one module touching PyTensor internals.
 
 Upstream home: these few lines would go straight into ``pytensor/gradient.py``
-(``_populate_grad_dict``, ``_float_zeros_like`` and ``_float_ones_like``).
+(``_populate_grad_dict``, ``_populate_var_to_app_to_idx``, ``_float_zeros_like``
+and ``_float_ones_like``).
 
 :func:`pytensor.grad` (and everything built on it: ``pullback``,
 ``pushforward``, ``jacobian``, ``hessian``, ``verify_grad``, the gradients of
@@ -12,7 +13,11 @@ of un-lowered nodes in the map (:mod:`pytensor_lazy_pullback.regions`) and
 replaces each by a single stand-in node whose pullback is one
 :class:`~pytensor_lazy_pullback.LazyPullback`.  Because ``grad`` looks these
 helpers up in its module at every call, this works however ``grad`` was
-imported, and whenever the graph was built.
+imported, and whenever the graph was built.  The map itself is built by
+``_populate_var_to_app_to_idx``, which PyTensor writes recursively (one frame
+per node of the longest path): :func:`enable` replaces it by a loop that
+builds the same map in the same order, so graphs deeper than the recursion
+limit reach the regions at all.
 
 It also wraps ``_float_zeros_like`` and ``_float_ones_like``, which ``grad``
 uses for disconnected inputs and for the cost's seed, so that types with
@@ -52,6 +57,7 @@ SUPPORTED_PYTENSOR = ((3, 3), (3, 4))
 module was written against."""
 
 _EXPECTED_SIGNATURES = {
+    "_populate_var_to_app_to_idx": ["outputs", "wrt", "consider_constant"],
     "_populate_grad_dict": ["var_to_app_to_idx", "grad_dict", "wrt", "cost_name"],
     "_float_zeros_like": ["x"],
     "_float_ones_like": ["x"],
@@ -172,6 +178,7 @@ def enable() -> None:
     check_pytensor()
     _enabled = True
     replacements = {
+        "_populate_var_to_app_to_idx": _populate_var_to_app_to_idx,
         "_populate_grad_dict": _populate_grad_dict,
         "_float_zeros_like": _float_zeros_like,
         "_float_ones_like": _float_ones_like,
@@ -212,6 +219,71 @@ def integration_disabled() -> Iterator[None]:
     finally:
         if was_enabled:
             enable()
+
+
+def _populate_var_to_app_to_idx(outputs, wrt, consider_constant):
+    """PyTensor's ``_populate_var_to_app_to_idx``, with loops instead of recursion.
+
+    The original walks the graph recursively, one frame per variable along
+    the longest path from the outputs (and again from `wrt`), so ``grad``
+    stops at a graph about as deep as the recursion limit before any region is
+    found.  This builds the same map, with the same insertion order (the
+    gradient graph's order depends on it), with an explicit stack.
+    """
+    # consider_constant was validated by ``grad``; variables hash by identity.
+    constant = set(consider_constant or ())
+    node_to_pattern = gradient._node_to_pattern
+    var_to_app_to_idx = {}
+    accounted_for = set()
+
+    def true_parents(var):
+        # What the original's account_for(var) loops over, entries made on the way.
+        app = var.owner
+        pattern = node_to_pattern(app)
+        var_idx = app.outputs.index(var)
+        for i, ipt in enumerate(app.inputs):
+            if not pattern[i][var_idx]:
+                continue
+            idx = var_to_app_to_idx.setdefault(ipt, {}).setdefault(app, [])
+            if i not in idx:
+                idx.append(i)
+            yield ipt
+
+    def account_for(var, stack):
+        if var in accounted_for:
+            return
+        accounted_for.add(var)
+        if var not in constant and var.owner is not None:
+            stack.append(true_parents(var))
+
+    for output in outputs:
+        stack = []
+        account_for(output, stack)
+        while stack:
+            parent = next(stack[-1], None)
+            if parent is None:
+                stack.pop()
+            else:
+                account_for(parent, stack)
+
+    # Keep the variables that have an element of wrt as a true ancestor.
+    visited = set()
+    todo = [var for var in wrt if var in var_to_app_to_idx]
+    while todo:
+        var = todo.pop()
+        if var in visited or var not in var_to_app_to_idx:
+            continue
+        visited.add(var)
+        for node, positions in var_to_app_to_idx[var].items():
+            pattern = node_to_pattern(node)
+            for idx in positions:
+                todo.extend(
+                    out for ii, out in enumerate(node.outputs) if pattern[idx][ii]
+                )
+    for var in list(var_to_app_to_idx):
+        if var not in visited:
+            del var_to_app_to_idx[var]
+    return var_to_app_to_idx
 
 
 def _populate_grad_dict(var_to_app_to_idx, grad_dict, wrt, cost_name=None):

@@ -6,6 +6,7 @@ Upstream home: ``pytensor/tensor/rewriting/lazy_pullback.py`` (registration in
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from weakref import WeakKeyDictionary
 
@@ -13,8 +14,15 @@ from pytensor.compile import optdb
 from pytensor.compile.builders import FinalizedOpFromGraph, OpFromGraph
 from pytensor.compile.ops import view_op
 import pytensor.gradient as gradient
-from pytensor.gradient import DisconnectedType, pullback
+from pytensor.gradient import (
+    DisconnectedType,
+    NullTypeGradError,
+    disconnected_type,
+    grad,
+    pullback,
+)
 from pytensor.graph.basic import Apply, Constant, Variable, clone_get_equiv
+from pytensor.graph.null_type import NullType
 from pytensor.graph.fg import FunctionGraph
 from pytensor.graph.rewriting.basic import (
     MergeOptimizer,
@@ -40,6 +48,7 @@ __all__ = [
     "EXPAND_INNER_GRAPHS_POSITION",
     "EXPAND_POSITION",
     "LazyPullbackExpansionError",
+    "deep_pullback",
     "expand_all_inner_graphs",
     "expand_all_lazy_pullbacks",
     "expand_inner_graphs",
@@ -101,7 +110,8 @@ def expand_node(node: Apply) -> list[Variable]:
 
     A private copy of the node's region, on fresh inputs, is lowered (nested
     `LazyPullback`\\ s first) and differentiated with
-    :func:`pytensor.gradient.pullback`; the node's real inputs and cotangents are
+    :func:`pytensor.gradient.pullback` (in chunks if it is too deep for one
+    call, see :func:`deep_pullback`); the node's real inputs and cotangents are
     then substituted for the fresh ones.  Nothing of the graph holding `node`
     is lowered or modified.
     """
@@ -180,13 +190,7 @@ def _build_expansion(node, fgraph):
     # final (known_grads), so an output that is also an ancestor of another
     # output once lowered (or two outputs lowered to one variable) would
     # otherwise lose what flows back into it from the other output.
-    grads = pullback(
-        [view_op(out) for out in outputs],
-        wrt,
-        fresh_cotangents,
-        disconnected_inputs="ignore",
-        return_disconnected="disconnected",
-    )
+    grads = deep_pullback([view_op(out) for out in outputs], wrt, fresh_cotangents)
     grads = [
         _zeros_like(var) if isinstance(g.type, DisconnectedType) else g
         for var, g in zip(wrt, grads, strict=True)
@@ -229,6 +233,134 @@ def _merge_input_conversions(fgraph: FunctionGraph) -> None:
             kept = seen.setdefault(key, client.outputs[0])
             if kept is not client.outputs[0]:
                 fgraph.replace(client.outputs[0], kept, reason="merge_input_conversions")
+
+
+def max_pullback_depth() -> int:
+    """Deepest graph (nodes on its longest path) given to one `pullback` call.
+
+    :func:`pytensor.gradient.pullback` recurses about twice per node along the
+    graph's longest path (``access_grad_cache``/``access_term_cache`` in
+    ``_populate_grad_dict``), so it stops near half the recursion limit.  A
+    sixth of the limit leaves room for the caller's own stack (the rewriters
+    of a compilation, possibly nested in an inner graph's): 500 nodes under
+    the limit of 3000 that PyTensor sets at import.
+    """
+    return max(sys.getrecursionlimit() // 6, 16)
+
+
+def deep_pullback(
+    outputs: Sequence[Variable],
+    wrt: Sequence[Variable],
+    cotangents: Sequence[Variable],
+    max_depth: int | None = None,
+) -> list[Variable]:
+    """:func:`pytensor.gradient.pullback`, in pieces on graphs too deep for it.
+
+    Returns what ``pullback(outputs, wrt, cotangents,
+    disconnected_inputs="ignore", return_disconnected="disconnected")``
+    returns.  When the graph's longest path has at most `max_depth` nodes (the
+    usual case) that is exactly the call made.  On a deeper graph, whose
+    pullback would exceed Python's recursion limit, the graph's nodes are
+    split, in topological order, into consecutive chunks of `max_depth` nodes,
+    and the chunks are pulled back one at a time from the last: each with
+    respect to its inputs, with the cotangents already gathered for the
+    variables it produces as known cotangents, and with its inputs treated as
+    constants, so that no call walks further than its own chunk.  The
+    contributions to each variable are summed (a null one wins, as in
+    ``pytensor.grad``).  The result is the same gradient, up to the order in
+    which some contributions are added.
+
+    Parameters
+    ----------
+    outputs
+        Outputs whose cotangents are given.  None may be an ancestor of
+        another (``pullback`` treats given cotangents as final).
+    wrt
+        Variables without owner (graph inputs) to return the cotangents of.
+    cotangents
+        One cotangent per output.
+    max_depth
+        Deepest graph pulled back in one call; :func:`max_pullback_depth` by
+        default.
+
+    Raises
+    ------
+    NullTypeGradError
+        If the gradient of a `wrt` variable is undefined.
+    """
+    max_depth = max_pullback_depth() if max_depth is None else max_depth
+    order = list(toposort(outputs, blockers=wrt))
+    depth: dict[Variable, int] = {}
+    deepest = 0
+    for node in order:
+        node_depth = 1 + max((depth.get(inp, 0) for inp in node.inputs), default=0)
+        depth.update(dict.fromkeys(node.outputs, node_depth))
+        deepest = max(deepest, node_depth)
+    if deepest <= max_depth:
+        return pullback(
+            outputs,
+            wrt,
+            cotangents,
+            disconnected_inputs="ignore",
+            return_disconnected="disconnected",
+        )
+
+    terms: dict[Variable, list[Variable]] = {}
+    for out, cotangent in zip(outputs, cotangents, strict=True):
+        terms.setdefault(out, []).append(cotangent)
+    for start in reversed(range(0, len(order), max_depth)):
+        chunk = order[start : start + max_depth]
+        produced = {out for node in chunk for out in node.outputs}
+        used_inside = {inp for node in chunk for inp in node.inputs}
+        known = {}
+        for var in (out for node in chunk for out in node.outputs):
+            if var in terms:
+                # Through a view when the chunk also uses `var`: a known
+                # cotangent is final, and the uses inside must add to it.
+                key = view_op(var) if var in used_inside else var
+                known[key] = _total(terms.pop(var))
+        inputs = list(
+            dict.fromkeys(
+                inp
+                for node in chunk
+                for inp in node.inputs
+                if inp not in produced and not isinstance(inp, Constant)
+            )
+        )
+        if not known or not inputs:
+            continue
+        chunk_grads = grad(
+            None,
+            inputs,
+            consider_constant=inputs,
+            known_grads=known,
+            disconnected_inputs="ignore",
+            return_disconnected="disconnected",
+            null_gradients="return",
+        )
+        for inp, g in zip(inputs, chunk_grads, strict=True):
+            if not isinstance(g.type, DisconnectedType):
+                terms.setdefault(inp, []).append(g)
+    grads = []
+    for var in wrt:
+        g = _total(terms.pop(var, []))
+        if isinstance(g.type, NullType):
+            raise NullTypeGradError(f"`grad` encountered a NaN. {g.type.why_null}")
+        grads.append(g)
+    return grads
+
+
+def _total(terms: list[Variable]) -> Variable:
+    """Sum cotangent terms as ``pytensor.grad`` does: a null term wins, none is disconnected."""
+    for term in terms:
+        if isinstance(term.type, NullType):
+            return term
+    if not terms:
+        return disconnected_type()
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total
 
 
 def _find_forward(
