@@ -250,9 +250,10 @@ def _naming_new_dims(original: Callable) -> Callable:
     ``pytensor.graph.replace.vectorize_graph`` passes no dim name, and the
     conversion then refuses to guess.  A lazy gradient keeps the user's
     forward conversions (an ordinary pullback between two regions reads them),
-    which the reference, lowered first, does not have: so each new leading
-    axis becomes a dim named ``__unnamed_batch_dim_<i>__``, as for an expanded
-    `LazyPullback` (:func:`vectorize_expansion`).  Upstream home:
+    which the reference, lowered first, does not have.  So the new leading
+    axes take the names of the new dims of the labelled variables the tensor
+    was computed from, or else ``__unnamed_batch_dim_<i>__``, as for an
+    expanded `LazyPullback` (:func:`vectorize_expansion`).  Upstream home:
     ``XTensorFromTensor.vectorize_node`` in ``pytensor/xtensor/basic.py``.
     """
 
@@ -261,9 +262,17 @@ def _naming_new_dims(original: Callable) -> Callable:
         n_new = new_x.type.ndim - old_x.type.ndim
         if n_new <= 0 or new_dim is not None:
             return original(self, node, new_x, new_dim)
-        new_dims: list[str] = []
+        # The names of the labelled inputs' new dims, where the tensor was
+        # computed from them (a positional batch axis stands for them).
+        old_dims = {d for var in ancestors([old_x]) for d in _dims(var)}
+        named = list(
+            dict.fromkeys(
+                d for var in ancestors([new_x]) for d in _dims(var) if d not in old_dims
+            )
+        )
+        new_dims = named if len(named) == n_new else []
         while len(new_dims) < n_new:
-            new_dims.append(_fresh_dim(set(self.dims) | set(new_dims)))
+            new_dims.append(_fresh_dim(set(self.dims) | set(new_dims) | old_dims))
         return [type(self)(dims=(*new_dims, *self.dims))(new_x)]
 
     return vectorize_node
