@@ -1,25 +1,49 @@
-"""The `LazyPullback` Op: the pullback of an un-lowered region, not yet built.
+"""The `LazyPullback` Op, and how :func:`pytensor.grad` uses it for un-lowered regions.
 
-Upstream home: ``pytensor/gradient_lazy.py`` (or a ``LazyPullback`` class in
-``pytensor/gradient.py``).
+Upstream home: ``pytensor/gradient_lazy.py``.
+
+Besides the Op, this module holds what ``pytensor/gradient.py`` calls at the
+start of the functions it hooks: :func:`collapse_regions`
+(``_populate_grad_dict``), :func:`lazy_zeros_like` / :func:`lazy_ones_like`
+(``_float_zeros_like`` / ``_float_ones_like``),
+:func:`pushforward_through_regions` (``_pushforward_direct``) and
+:func:`has_cotangent_rules` with :func:`pushforward_by_pullbacks`
+(``pushforward``).  Each returns ``None`` (or ``False``) where PyTensor's own
+code applies unchanged.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+import pytensor
+from pytensor.compile.ops import view_op
 from pytensor.graph.basic import Apply, Variable
 from pytensor.graph.fg import FrozenFunctionGraph
 from pytensor.graph.null_type import NullType
 from pytensor.graph.op import HasInnerGraph, Op
-from pytensor.gradient import DisconnectedType, disconnected_type
+from pytensor.gradient import DisconnectedType, disconnected_type, grad_undefined
+from pytensor.graph.traversal import applys_between
 from pytensor import config
 from pytensor.scalar import upcast
+from pytensor.tensor.basic import constant
 from pytensor.tensor.type import continuous_dtypes, float_dtypes
 
-from pytensor_lazy_pullback.registry import cotangent_rules
+from pytensor_lazy_pullback.regions import Region, find_regions
+from pytensor_lazy_pullback.registry import cotangent_rules, is_unlowered
 
-__all__ = ["LazyPullback", "LazyPullbackNotExpandedError", "align_cotangent"]
+__all__ = [
+    "LazyPullback",
+    "LazyPullbackNotExpandedError",
+    "align_cotangent",
+    "collapse_regions",
+    "has_cotangent_rules",
+    "lazy_ones_like",
+    "lazy_zeros_like",
+    "pushforward_by_pullbacks",
+    "pushforward_through_regions",
+]
 
 
 class LazyPullbackNotExpandedError(NotImplementedError):
@@ -181,3 +205,227 @@ def align_cotangent(output: Variable, cotangent: Variable) -> Variable:
             f"the region output {output} of type {output.type}"
         )
     return cotangent
+
+
+# --------------------------------------------------------------------------
+# What pytensor.gradient calls: each returns None (or False) where PyTensor's
+# own code applies unchanged.
+
+
+def collapse_regions(var_to_app_to_idx, grad_dict, wrt):
+    """The map of ``_populate_grad_dict`` with each un-lowered region as one node.
+
+    Called at the start of ``pytensor.gradient._populate_grad_dict``.  Aligns
+    the given cotangents of variables with cotangent rules (in place in
+    `grad_dict`), finds the regions of un-lowered nodes on the gradient's path,
+    and returns `var_to_app_to_idx` rewritten so that each region is a single
+    stand-in node whose pullback is one `LazyPullback` (unchanged if there is
+    no region).
+    """
+    for var, cotangent in list(grad_dict.items()):
+        rules = cotangent_rules(var)
+        if rules is not None and not isinstance(
+            cotangent.type, DisconnectedType | NullType
+        ):
+            grad_dict[var] = rules.align(var, cotangent)
+    regions = find_regions(
+        var_to_app_to_idx, cuts={*wrt, *grad_dict}, seeded=grad_dict.keys()
+    )
+    if regions:
+        return _collapse(var_to_app_to_idx, regions)
+    return var_to_app_to_idx
+
+
+def lazy_zeros_like(x):
+    """Zeros of `x`'s kind for a type with cotangent rules, else ``None``."""
+    rules = cotangent_rules(x)
+    if rules is not None:
+        return rules.zeros_like(x)
+    return None
+
+
+def lazy_ones_like(x):
+    """The cost's seed where PyTensor's ``_float_ones_like`` would not do, else ``None``.
+
+    Ones of `x`'s kind for a type with cotangent rules; and for a scalar cost
+    computed by an un-lowered node, a constant, so that the gradient graph
+    does not hold the un-lowered forward pass (which ``vectorize_graph`` could
+    not batch) just to shape a scalar.
+    """
+    rules = cotangent_rules(x)
+    if rules is not None:
+        return rules.ones_like(x)
+    if x.type.ndim == 0 and x.owner is not None and is_unlowered(x.owner):
+        dtype = x.type.dtype if x.type.dtype in float_dtypes else pytensor.config.floatX
+        return constant(np.ones((), dtype=dtype))
+    return None
+
+
+def pushforward_through_regions(f, wrt, tangents, disconnected_outputs, return_disconnected):
+    """The push-forward from two lazy pullbacks if un-lowered nodes lie between, else ``None``.
+
+    Called at the start of ``pytensor.gradient._pushforward_direct``:
+    un-lowered Ops have no pushforward of their own.
+    """
+    if any(is_unlowered(node) for node in applys_between(wrt, f)):
+        return _pushforward_by_pullbacks(
+            f, wrt, tangents, disconnected_outputs, return_disconnected
+        )
+    return None
+
+
+def has_cotangent_rules(*arguments) -> bool:
+    """Whether any variable among `arguments` (variables or lists of them) has cotangent rules."""
+    return any(
+        isinstance(var, Variable) and cotangent_rules(var) is not None
+        for argument in arguments
+        for var in _as_list(argument)
+    )
+
+
+def pushforward_by_pullbacks(
+    f, wrt, tangents, disconnected_outputs="raise", return_disconnected="zero"
+):
+    """:func:`pytensor.gradient.pushforward` for variables with cotangent rules (labelled ones).
+
+    The push-forward is built from two lazy pullbacks (whatever
+    ``use_op_pushforward`` says: un-lowered Ops have no pushforward of their
+    own).  Each tangent is matched to its input by its rules (by dim name; a
+    `TypeError` names the input if it cannot be), and each result is arranged
+    like its output.
+    """
+    from pytensor.gradient import as_list_or_tuple
+
+    inputs, given = _as_list(wrt), _as_list(tangents)
+    if len(inputs) != len(given):
+        raise ValueError("`wrt` must be the same length as `tangents`.")
+    aligned = [align_cotangent(x, t) for x, t in zip(inputs, given, strict=True)]
+    result = _pushforward_by_pullbacks(
+        _as_list(f), inputs, aligned, disconnected_outputs, return_disconnected
+    )
+    return as_list_or_tuple(isinstance(f, list), isinstance(f, tuple), result)
+
+
+def _pushforward_by_pullbacks(outputs, inputs, tangents, disconnected_outputs, return_disconnected):
+    """The push-forward as the pullback of a pullback (J. Towns' trick), lazily.
+
+    Like PyTensor's ``pushforward_through_pullback``, with seeds made by the
+    registered rules (zeros of each output's kind) and each output through a
+    view: pullback's cotangents are final (known_grads), so an output that is
+    an ancestor of another would lose the other's contribution.
+    """
+    from pytensor import gradient
+
+    seeds = [gradient._float_zeros_like(out) for out in outputs]
+    input_cotangents = gradient.pullback(
+        [view_op(out) for out in outputs],
+        inputs,
+        seeds,
+        disconnected_inputs=disconnected_outputs,
+        return_disconnected="zero",
+    )
+    return gradient.pullback(
+        input_cotangents,
+        seeds,
+        tangents,
+        disconnected_inputs="ignore",
+        return_disconnected=return_disconnected,
+    )
+
+
+def _as_list(value):
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _collapse(var_to_app_to_idx, regions: list[Region]):
+    """Rewrite the variable-to-consumers map so each region is one stand-in node."""
+    stand_in_of = {}
+    for region in regions:
+        stand_in = _RegionNode(region)
+        for node in region.nodes:
+            stand_in_of[node] = stand_in
+    collapsed = {}
+    for var, apps in var_to_app_to_idx.items():
+        producer = stand_in_of.get(var.owner)
+        if producer is not None and var not in producer.output_set:
+            continue  # interior to a region: never asked for its gradient
+        new_apps: dict = {}
+        for app, positions in apps.items():
+            stand_in = stand_in_of.get(app)
+            if stand_in is None:
+                new_apps[app] = positions
+            elif stand_in is not producer:
+                new_apps.setdefault(stand_in, [stand_in.input_position[var]])
+            # else: a region output also read inside its own region; the
+            # region's pullback accounts for that use.
+        collapsed[var] = new_apps
+    return collapsed
+
+
+class _RegionNode:
+    """Stands in, for ``grad``'s bookkeeping only, for a whole region.
+
+    It has what ``grad`` reads of an `Apply` (``op``, ``inputs``, ``outputs``)
+    but is never part of a graph: the user's graph is not touched.
+    """
+
+    def __init__(self, region: Region):
+        self.op = _RegionPullback(region)
+        self.inputs = region.inputs
+        self.outputs = region.outputs
+        self.output_set = set(region.outputs)
+        self.input_position = {var: i for i, var in enumerate(region.inputs)}
+
+
+class _RegionPullback:
+    """The pullback of a region: one `LazyPullback`, built without lowering."""
+
+    destroy_map: dict = {}
+
+    def __init__(self, region: Region):
+        self.region = region
+        self._pattern = None
+
+    def __str__(self):
+        return f"the {self.region}"
+
+    def connection_pattern(self, node):
+        if self._pattern is None:
+            structural = self.region.connection_pattern()
+            self._pattern = [
+                [
+                    connected and (differentiable or undefined is not None)
+                    for connected in row
+                ]
+                for row, differentiable, undefined in zip(
+                    structural,
+                    self.region.differentiable,
+                    self.region.undefined,
+                    strict=True,
+                )
+            ]
+        return self._pattern
+
+    def pullback(self, inputs, outputs, output_grads):
+        region = self.region
+        pattern = self.connection_pattern(None)
+        live = [
+            j
+            for j, g in enumerate(output_grads)
+            if not isinstance(g.type, DisconnectedType | NullType)
+        ]
+        grads = [disconnected_type() for _ in inputs]
+        wrt = []
+        for i, inp in enumerate(inputs):
+            if not any(pattern[i][j] for j in live):
+                continue
+            if region.undefined[i] is not None:
+                grads[i] = grad_undefined(self, i, inp, region.undefined[i])
+            else:
+                wrt.append(i)
+        if wrt:
+            cotangents = [align_cotangent(outputs[j], output_grads[j]) for j in live]
+            op = LazyPullback.from_graph(inputs, [outputs[j] for j in live], wrt)
+            for i, g in zip(wrt, op(*inputs, *cotangents, return_list=True), strict=True):
+                grads[i] = g
+        return grads

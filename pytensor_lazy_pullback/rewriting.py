@@ -13,12 +13,14 @@ from pytensor.compile.ops import view_op
 from pytensor.gradient import DisconnectedType, pullback
 from pytensor.graph.basic import Apply, Constant, Variable, clone_get_equiv
 from pytensor.graph.fg import FunctionGraph
+from pytensor.graph.replace import _vectorize_node, vectorize_graph
 from pytensor.graph.rewriting.basic import MergeOptimizer, dfs_rewriter, node_rewriter
 from pytensor.graph.traversal import toposort
 
 from pytensor_lazy_pullback.op import LazyPullback
 from pytensor_lazy_pullback.registry import (
     cotangent_rules,
+    expansion_vectorizer,
     is_conversion,
     is_unlowered,
     lowerings_for,
@@ -313,6 +315,19 @@ optdb.register(
     "minimum_compile",
     position=EXPAND_POSITION,
 )
+
+
+@_vectorize_node.register(LazyPullback)
+def _vectorize_lazy_pullback(op, node, *batched_inputs):
+    """Vectorize a `LazyPullback` by expanding it first.
+
+    ``vectorize_graph`` (and so ``jacobian(vectorize=True)``) cannot batch an
+    opaque region; its expansion is an ordinary graph that it can.
+    """
+    vectorize = expansion_vectorizer() or vectorize_graph
+    return vectorize(
+        expand_node(node), dict(zip(node.inputs, batched_inputs, strict=True))
+    )
 
 
 def expand_lazy_pullbacks(

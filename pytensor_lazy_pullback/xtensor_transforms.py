@@ -18,19 +18,19 @@ and :func:`vectorize_expansion` next to ``vectorize_graph`` in
   names no new dim at all; an expanded `LazyPullback` takes the name from its
   batched labelled inputs.
 
-The three are installed by :func:`pytensor_lazy_pullback.enable` (the first
-two as overrides of PyTensor's public functions, for labelled arguments only).
+``pytensor.gradient.jacobian`` and ``pytensor.xtensor.vectorization.vectorize_graph``
+call :func:`xtensor_jacobian` and :func:`expand_lazy_pullbacks_first` first;
+:func:`vectorize_expansion` is registered as the expansion vectorizer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from itertools import count
 
 import pytensor
 import pytensor.gradient
 import pytensor.tensor as pt
-import pytensor.xtensor.vectorization
 from pytensor.graph.basic import Variable
 from pytensor.graph.traversal import ancestors
 from pytensor.graph.replace import vectorize_graph as vectorize_tensor_graph
@@ -39,13 +39,15 @@ from pytensor.tensor.type import TensorType
 from pytensor.xtensor.type import XTensorType, as_xtensor
 from pytensor.xtensor.vectorization import vectorize_graph as vectorize_labelled_graph
 
-from pytensor_lazy_pullback.registry import (
-    register_expansion_vectorizer,
-    register_function_override,
-)
+from pytensor_lazy_pullback.registry import register_expansion_vectorizer
 from pytensor_lazy_pullback.rewriting import with_lazy_pullbacks_expanded
 
-__all__ = ["jacobian", "vectorize_expansion"]
+__all__ = [
+    "expand_lazy_pullbacks_first",
+    "jacobian",
+    "vectorize_expansion",
+    "xtensor_jacobian",
+]
 
 _UNNAMED_DIM = "__unnamed_batch_dim_{}__"
 
@@ -153,23 +155,29 @@ def _rows_by_scan(expression, wrt, grad_kwargs) -> list[Variable]:
     )
 
 
-def _expanding_first(original: Callable) -> Callable:
-    """Wrap ``pytensor.xtensor.vectorization.vectorize_graph`` to expand lazy pullbacks first."""
+def xtensor_jacobian(
+    expression, wrt, consider_constant=None, disconnected_inputs="raise", vectorize=False
+):
+    """:func:`jacobian` if `expression` is labelled, else ``None``.
 
-    def vectorize_graph(
-        outputs: Variable | Sequence[Variable],
-        replace: Mapping[Variable, Variable],
-        *,
-        new_tensor_dims: Sequence[str] = (),
-    ):
-        seq = outputs if isinstance(outputs, Sequence) else [outputs]
-        expanded = with_lazy_pullbacks_expanded(list(seq))
-        result = original(expanded, replace, new_tensor_dims=new_tensor_dims)
-        return result if isinstance(outputs, Sequence) else result[0]
+    Called at the start of :func:`pytensor.gradient.jacobian`.
+    """
+    if _is_labelled(expression):
+        return jacobian(expression, wrt, consider_constant, disconnected_inputs, vectorize)
+    return None
 
-    vectorize_graph.__doc__ = original.__doc__
-    vectorize_graph.__wrapped__ = original
-    return vectorize_graph
+
+def expand_lazy_pullbacks_first(outputs: Variable | Sequence[Variable]):
+    """`outputs` with every `LazyPullback` among their ancestors expanded (a list if a sequence).
+
+    Called at the start of ``pytensor.xtensor.vectorization.vectorize_graph``:
+    a `LazyPullback` that only sees plain tensors batched could not name the
+    new dim, its expansion can be batched like any labelled graph.
+    """
+    if isinstance(outputs, Sequence):
+        return with_lazy_pullbacks_expanded(list(outputs))
+    [expanded] = with_lazy_pullbacks_expanded([outputs])
+    return expanded
 
 
 def vectorize_expansion(
@@ -229,21 +237,4 @@ def _fresh_dim(taken: set[str]) -> str:
     )
 
 
-def _jacobian_override(original: Callable) -> Callable:
-    def dispatching_jacobian(
-        expression, wrt, consider_constant=None, disconnected_inputs="raise", vectorize=False
-    ):
-        if _is_labelled(expression):
-            return jacobian(expression, wrt, consider_constant, disconnected_inputs, vectorize)
-        return original(expression, wrt, consider_constant, disconnected_inputs, vectorize)
-
-    dispatching_jacobian.__doc__ = original.__doc__
-    dispatching_jacobian.__wrapped__ = original
-    dispatching_jacobian.__name__ = "jacobian"
-    return dispatching_jacobian
-
-
-register_function_override(pytensor.gradient, "jacobian", _jacobian_override)
-register_function_override(pt, "jacobian", _jacobian_override)
-register_function_override(pytensor.xtensor.vectorization, "vectorize_graph", _expanding_first)
 register_expansion_vectorizer(vectorize_expansion)
