@@ -134,6 +134,29 @@ def fetch_sdist(version: str, cache: Path) -> Path:
     return target
 
 
+def cache_dir() -> Path:
+    """``$PYTENSOR_SUITES_CACHE``, else the default cache of sdists."""
+    env = os.environ.get("PYTENSOR_SUITES_CACHE")
+    return Path(env) if env else DEFAULT_CACHE
+
+
+def unpacked_sdist(sdist: Path, cache: Path) -> Path:
+    """The whole sdist unpacked (``cache/trees/pytensor-X.Y.Z``), unpacked once and kept."""
+    name = sdist.name.removesuffix(".tar.gz")
+    target = cache / "trees" / name
+    if (target / "pytensor" / "__init__.py").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".unpack-") as tmp:
+        with tarfile.open(sdist) as tar:
+            tar.extractall(tmp, filter="data")
+        unpacked = Path(tmp) / name
+        if not (unpacked / "pytensor" / "__init__.py").is_file():
+            raise RunnerError(f"{sdist.name} does not unpack to {name}/pytensor/")
+        os.replace(unpacked, target)
+    return target
+
+
 def extract_suites(sdist: Path, dest: Path) -> None:
     """Extract only the two test files (as dest/tests/NAME), nothing else."""
     with tarfile.open(sdist) as tar:
@@ -346,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--cache-dir", type=Path,
-        default=Path(os.environ["PYTENSOR_SUITES_CACHE"]) if os.environ.get("PYTENSOR_SUITES_CACHE") else DEFAULT_CACHE,
+        default=cache_dir(),
         help="where the sdist is cached (default: $PYTENSOR_SUITES_CACHE or %(default)s)",
     )
     parser.add_argument(
