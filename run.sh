@@ -3,6 +3,8 @@
 #   ./run.sh demo             set up if needed, then run the demo
 #   ./run.sh test [ARGS...]   set up if needed, then run the whole test suite
 #   ./run.sh bench [ARGS...]  set up if needed, then run the benchmarks
+#   ./run.sh upstream [SRC OUT]  write the in-tree PyTensor patch (SRC: a PyTensor
+#                             tree; default: the installed pytensor's sdist, cached)
 # Set-up: a .venv with Python 3.12 (from .python-version, through pyenv when it
 # is there) and this package installed editable with its test, pymc and jax
 # extras (the suite covers PyMC models and the JAX backend).
@@ -37,5 +39,6 @@ case "$command" in
     demo) exec .venv/bin/python examples/demo.py "$@" ;;
     test) exec .venv/bin/python -m pytest "$@" ;;
     bench) exec .venv/bin/python benchmarks/bench_grad.py "$@" ;;
-    *) echo "usage: ./run.sh demo | test [pytest args] | bench [args]" >&2; exit 2 ;;
+    upstream) exec .venv/bin/python scripts/upstream.py "$@" ;;
+    *) echo "usage: ./run.sh demo | test [pytest args] | bench [args] | upstream [SRC OUT]" >&2; exit 2 ;;
 esac
