@@ -171,7 +171,7 @@ def _overrides() -> list[tuple[object, str, Callable]]:
 
     def vectorize_graph(outputs, replace, *, new_tensor_dims=()):
         return original_vectorize_graph(
-            xtensor_transforms.expand_lazy_pullbacks_first(outputs),
+            xtensor_transforms.expand_lazy_pullbacks_first(outputs, replace),
             replace,
             new_tensor_dims=new_tensor_dims,
         )

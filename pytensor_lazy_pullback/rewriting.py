@@ -363,16 +363,19 @@ def expand_lazy_pullbacks(
     return fgraph.outputs[0] if single else list(fgraph.outputs)
 
 
-def with_lazy_pullbacks_expanded(outputs: Sequence[Variable]) -> list[Variable]:
-    """Return `outputs` with every `LazyPullback` among their ancestors expanded.
+def with_lazy_pullbacks_expanded(
+    outputs: Sequence[Variable], blockers: Sequence[Variable] = ()
+) -> list[Variable]:
+    """Return `outputs` with every `LazyPullback` between `blockers` and them expanded.
 
     Unlike :func:`expand_lazy_pullbacks`, nothing is cloned that does not
     depend on a `LazyPullback`: the forward graph keeps its own variables, so
     a replacement keyed on them (as in ``vectorize_graph``) still applies.
-    The given graph is not modified.
+    Nothing above a blocker is looked at (so the blockers themselves are
+    kept).  The given graph is not modified.
     """
     new: dict[Variable, Variable] = {}
-    for node in toposort(outputs):
+    for node in toposort(outputs, blockers=blockers):
         inputs = [new.get(inp, inp) for inp in node.inputs]
         changed = any(a is not b for a, b in zip(inputs, node.inputs, strict=True))
         if isinstance(node.op, LazyPullback):

@@ -25,7 +25,7 @@ call :func:`xtensor_jacobian` and :func:`expand_lazy_pullbacks_first` first;
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import count
 
 import pytensor
@@ -167,16 +167,21 @@ def xtensor_jacobian(
     return None
 
 
-def expand_lazy_pullbacks_first(outputs: Variable | Sequence[Variable]):
-    """`outputs` with every `LazyPullback` among their ancestors expanded (a list if a sequence).
+def expand_lazy_pullbacks_first(
+    outputs: Variable | Sequence[Variable], replace: Mapping[Variable, Variable]
+):
+    """`outputs` with every `LazyPullback` below the keys of `replace` expanded.
 
     Called at the start of ``pytensor.xtensor.vectorization.vectorize_graph``:
     a `LazyPullback` that only sees plain tensors batched could not name the
-    new dim, its expansion can be batched like any labelled graph.
+    new dim, its expansion can be batched like any labelled graph.  Returns a
+    list if `outputs` is a sequence.  The keys of `replace` are kept (nothing
+    above them is expanded), so the replacement still applies.
     """
+    keys = list(replace)
     if isinstance(outputs, Sequence):
-        return with_lazy_pullbacks_expanded(list(outputs))
-    [expanded] = with_lazy_pullbacks_expanded([outputs])
+        return with_lazy_pullbacks_expanded(list(outputs), keys)
+    [expanded] = with_lazy_pullbacks_expanded([outputs], keys)
     return expanded
 
 

@@ -365,7 +365,7 @@ def xtensor_edits(src: Path) -> list[SourceFile]:
         """\
         from pytensor.xtensor.gradient import expand_lazy_pullbacks_first
 
-        outputs = expand_lazy_pullbacks_first(outputs)
+        outputs = expand_lazy_pullbacks_first(outputs, replace)
         """,
     )
     return [basic, types, vectorization]
@@ -638,7 +638,7 @@ def doc_page() -> str:
         text = text.split("\n", 1)[1]  # its title
         parts = re.split(r"(?m)^(?=## )", text)
         kept = [p for p in parts if not p.startswith(tuple(f"## {d}" for d in drop))]
-        return re.sub(r"(?m)^#", "##", "".join(kept)).strip() + "\n"
+        return "".join(kept).strip() + "\n"
 
     index = (doc / "index.md").read_text()
     intro = index.split("```{toctree}")[0].split("\n", 1)[1].strip()
@@ -656,7 +656,7 @@ def doc_page() -> str:
         "when the gradient is compiled.\n\n"
         + sections("how_it_works.md", drop=("Where the pieces live",))
         + "\n## Migrating from `rewrite_graph(..., include=(\"lower_xtensor\",))`\n"
-        + re.sub(r"(?m)^#", "##", migrating)
+        + migrating
         + "\n## Known differences from lowering first\n"
         + sections("differences.md")
     )
@@ -664,6 +664,10 @@ def doc_page() -> str:
     for old, new in DOC_REPLACEMENTS:
         page = page.replace(old, new)
     page = rewrite_names(page)
+    for word in ("add-on", "import pytensor_lazy_pullback", "enable()", "disable()"):
+        if word in page:
+            line = next(line for line in page.splitlines() if word in line)
+            raise AnchorError(f"doc/: (page): {word!r} left in the in-tree page: {line.strip()}")
     return page
 
 
