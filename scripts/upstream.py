@@ -757,8 +757,29 @@ def build_patch(src: Path) -> tuple[str, dict]:
             1 for sf in edited for line in unified(sf.rel, sf.text, sf.result()).splitlines()
             if line.startswith("+") and not line.startswith("+++")
         ),
+        "new_lines": {
+            kind: sum(
+                len(text.splitlines()) for rel, text in new_files.items()
+                if rel.startswith(prefix)
+            )
+            for kind, prefix in (("modules", "pytensor/"), ("tests", "tests/"), ("doc", "doc/"))
+        },
     }
+    size["lines_removed_from_pytensor_files"] = (
+        size["lines_changed_in_pytensor"] - size["lines_added_to_pytensor_files"]
+    )
     return patch, size
+
+
+def describe(size: dict) -> str:
+    new = size["new_lines"]
+    return (
+        f"{size['files']} files ({size['new_files']} new: {new['modules']} lines of modules, "
+        f"{new['tests']} of tests, {new['doc']} of doc; {size['edited_files']} of PyTensor's "
+        f"edited), {size['lines_added']} lines added, {size['lines_changed_in_pytensor']} lines "
+        f"changed in PyTensor's files (+{size['lines_added_to_pytensor_files']} "
+        f"-{size['lines_removed_from_pytensor_files']})"
+    )
 
 
 def default_source() -> tuple[Path, Path]:
@@ -796,11 +817,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(patch)
-    print(
-        f"wrote {out}: {size['files']} files ({size['new_files']} new, "
-        f"{size['edited_files']} of PyTensor's edited), {size['lines_added']} lines added, "
-        f"{size['lines_changed_in_pytensor']} lines changed in PyTensor's files"
-    )
+    print(f"wrote {out}: {describe(size)}")
     return 0
 
 

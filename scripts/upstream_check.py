@@ -189,11 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         patch_file = workdir / "lazy_pullback.patch"
         patch_file.write_text(patch)
         key = f"pytensor-{version}-{hashlib.sha256(patch.encode()).hexdigest()[:16]}"
-        log(
-            f"patch: {size['files']} files ({size['new_files']} new, {size['edited_files']} "
-            f"of PyTensor's edited), {size['lines_added']} lines added, "
-            f"{size['lines_changed_in_pytensor']} lines changed in PyTensor's files ({key})"
-        )
+        log(f"patch: {upstream.describe(size)} ({key})")
 
         # Applies cleanly: git apply on the installed version, patch -p1 on the series' ends.
         proc = run(["git", "apply", "--check", "-p1", str(patch_file)], cwd=tree)
