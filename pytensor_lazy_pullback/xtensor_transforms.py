@@ -1,8 +1,8 @@
 """Jacobians and vectorization of lazy gradients of labelled graphs.
 
-Upstream home: the labelled branch of ``jacobian`` in ``pytensor/gradient.py``,
-and :func:`vectorize_expansion` next to ``vectorize_graph`` in
-``pytensor/xtensor/vectorization.py``.
+Upstream home: ``pytensor/xtensor/gradient.py`` (called from ``jacobian`` in
+``pytensor/gradient.py`` and ``vectorize_graph`` in
+``pytensor/xtensor/vectorization.py``).
 
 * :func:`jacobian`: :func:`pytensor.gradient.jacobian` calls ``ravel`` and
   ``reshape`` on its expression, which an `XTensorVariable` does not have.  For

@@ -558,6 +558,7 @@ def in_tree_test(name: str, helper: str) -> str:
     for module in ("subprocess", "sys", "textwrap"):
         if module not in used:
             text = re.sub(rf"^import {module}\n", "", text, flags=re.M)
+    text = re.sub(r'^("""[^\n]*"""\n)\n\n+', r"\1\n", text)
     tree = ast.parse(text)
     text = rewrite_test_imports(text, tree, helper, name)
     fixtures = "fail_on_logged_rewrite_failure, on_opt_error, default_rewrite_config"
@@ -595,14 +596,16 @@ def helper_module() -> str:
     fixtures = fixtures.replace("def _default_rewrite_config", "def default_rewrite_config")
     doc = ast.get_docstring(ctree)
     head, rest = reference.split('"""', 2)[1], reference.split('"""', 2)[2]
-    new_doc = (
-        f"{head.rstrip('.')}, and the fixtures of the lazy-pullback tests.\n\n"
-        + textwrap.indent(doc, "") + "\n"
-    )
+    new_doc = f"{head.strip()}\n\nAnd the fixtures of the lazy-pullback tests. {doc}\n"
     text = f'"""{new_doc}"""' + rest
-    text = _after_imports(
-        text, "import logging\nfrom contextlib import contextmanager\n\nimport pytest\n"
-    )
+    for anchor, added in (
+        ("from collections.abc import", "import logging\nfrom contextlib import contextmanager\n"),
+        ("import pytensor.xtensor as px\n", "import pytest\n"),
+    ):
+        at = text.index(anchor)
+        text = text[:at] + added + text[at:] if anchor.startswith("from") else (
+            text[: at + len(anchor)] + added + text[at + len(anchor) :]
+        )
     text += (
         "\n\n@contextmanager\n"
         "def integration_disabled():\n"
