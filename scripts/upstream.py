@@ -596,7 +596,12 @@ def helper_module() -> str:
     fixtures = fixtures.replace("def _default_rewrite_config", "def default_rewrite_config")
     doc = ast.get_docstring(ctree)
     head, rest = reference.split('"""', 2)[1], reference.split('"""', 2)[2]
-    new_doc = f"{head.strip()}\n\nAnd the fixtures of the lazy-pullback tests. {doc}\n"
+    first, _, others = doc.partition("\n\n")
+    new_doc = (
+        f"{head.strip()}\n\n"
+        + textwrap.fill(f"It also holds the fixtures of these tests. {first}", 79)
+        + f"\n\n{others}\n"
+    )
     text = f'"""{new_doc}"""' + rest
     for anchor, added in (
         ("from collections.abc import", "import logging\nfrom contextlib import contextmanager\n"),
