@@ -66,7 +66,10 @@ if MODE == "addon":
         )
     if not pytensor_lazy_pullback.is_enabled():
         raise RuntimeError(f"{ADDON} was imported but is_enabled() is False")
-    if gradient._populate_grad_dict is not integration._populate_grad_dict:
+    original = integration._originals["_populate_grad_dict"]
+    if gradient._populate_grad_dict is original or (
+        getattr(gradient._populate_grad_dict, "__wrapped__", None) is not original
+    ):
         raise RuntimeError(
             f"{ADDON} is enabled but pytensor.gradient._populate_grad_dict is "
             f"{gradient._populate_grad_dict!r}, not the add-on's"
