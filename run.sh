@@ -4,6 +4,8 @@
 #   ./run.sh test [ARGS...]   set up if needed, then run the whole test suite
 #   ./run.sh bench [ARGS...]  set up if needed, then run the benchmarks
 #   ./run.sh bench-transforms [ARGS...]  every derivative transform vs the reference
+#   ./run.sh upstream [SRC OUT]  write the in-tree PyTensor patch (SRC: a PyTensor
+#                             tree; default: the installed pytensor's sdist, cached)
 # Set-up: a .venv with Python 3.12 (from .python-version, through pyenv when it
 # is there) and this package installed editable with its test, pymc and jax
 # extras (the suite covers PyMC models and the JAX backend).
@@ -39,5 +41,6 @@ case "$command" in
     test) exec .venv/bin/python -m pytest "$@" ;;
     bench) exec .venv/bin/python benchmarks/bench_grad.py "$@" ;;
     bench-transforms) exec .venv/bin/python benchmarks/bench_transforms.py "$@" ;;
-    *) echo "usage: ./run.sh demo | test [pytest args] | bench [args] | bench-transforms [args]" >&2; exit 2 ;;
+    upstream) exec .venv/bin/python scripts/upstream.py "$@" ;;
+    *) echo "usage: ./run.sh demo | test [pytest args] | bench [args] | bench-transforms [args] | upstream [SRC OUT]" >&2; exit 2 ;;
 esac

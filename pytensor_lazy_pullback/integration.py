@@ -1,43 +1,51 @@
-"""Integration with :mod:`pytensor.gradient`: the one module touching PyTensor internals.
+"""The add-on's integration with PyTensor: the one module the in-tree patch leaves out.
 
-Upstream home: these few lines would go straight into ``pytensor/gradient.py``
-(``_populate_grad_dict``, ``_populate_var_to_app_to_idx``, ``_float_zeros_like``
-and ``_float_ones_like``).
+Upstream home: none.  Each rebinding made here is, in the patch that
+``./run.sh upstream`` generates, a direct edit of the function or class it
+replaces; the logic itself lives in the other modules, at their in-tree homes.
 
 :func:`pytensor.grad` (and everything built on it: ``pullback``,
 ``pushforward``, ``jacobian``, ``hessian``, ``verify_grad``, the gradients of
 ``OpFromGraph`` and ``Scan``) maps every variable between ``wrt`` and the cost
 to the nodes that consume it, then asks each node for its pullback in
-``_populate_grad_dict``.  :func:`enable` wraps that step: it finds the regions
-of un-lowered nodes in the map (:mod:`pytensor_lazy_pullback.regions`) and
-replaces each by a single stand-in node whose pullback is one
+``_populate_grad_dict``.  :func:`enable` rebinds that step so that it first
+calls :func:`~pytensor_lazy_pullback.op.collapse_regions`, which replaces each
+region of un-lowered nodes by a single stand-in node whose pullback is one
 :class:`~pytensor_lazy_pullback.LazyPullback`.  Because ``grad`` looks these
 helpers up in its module at every call, this works however ``grad`` was
-imported, and whenever the graph was built.  The map itself is built by
-``_populate_var_to_app_to_idx``, which PyTensor writes recursively (one frame
-per node of the longest path): :func:`enable` replaces it by a loop that
-builds the same map in the same order, so graphs deeper than the recursion
-limit reach the regions at all.
+imported, and whenever the graph was built.
 
-It also wraps ``_float_zeros_like`` and ``_float_ones_like``, which ``grad``
-uses for disconnected inputs and for the cost's seed, so that types with
-registered cotangent rules (labelled arrays) get zeros and ones of their kind;
-and ``_pushforward_direct`` (``pushforward(..., use_op_pushforward=True)``),
-which asks every node for its own pushforward: through un-lowered nodes, which
-have none, it computes the pushforward from two lazy pullbacks instead.
-``pushforward`` itself converts its arguments with ``as_tensor_variable``,
-which labelled variables refuse; for those (only) it is rebound to
-:func:`pushforward`, which takes labelled outputs, inputs and tangents (callers
-that imported the original by name keep PyTensor's behaviour for them).
+Every rebinding below has the same shape: call a helper of the other modules,
+and fall through to PyTensor's original where the helper does not apply
+(returns ``None`` / ``False``):
 
-It applies the function overrides a family registered
-(:func:`~pytensor_lazy_pullback.registry.register_function_override`), and
-restores them in :func:`disable`.
+* ``pytensor.gradient._populate_var_to_app_to_idx``:
+  ``op.populate_var_to_app_to_idx``, the same map built with loops instead of
+  recursion (so graphs deeper than the recursion limit reach the regions);
+* ``pytensor.gradient._populate_grad_dict``: ``op.collapse_regions``;
+* ``_float_zeros_like`` / ``_float_ones_like``: ``op.lazy_zeros_like`` /
+  ``op.lazy_ones_like`` (zeros and ones of the kind of labelled variables);
+* ``_pushforward_direct``: ``op.pushforward_through_regions``;
+* ``pushforward``: ``op.has_cotangent_rules`` / ``op.pushforward_by_pullbacks``
+  (``pushforward`` converts its arguments with ``as_tensor_variable``, which
+  labelled variables refuse);
+* ``pytensor.gradient.jacobian`` and ``pytensor.tensor.jacobian`` (the same
+  function re-exported): ``xtensor_transforms.xtensor_jacobian``;
+* ``pytensor.xtensor.vectorization.vectorize_graph``:
+  ``xtensor_transforms.expand_lazy_pullbacks_first``;
+* ``XTypeCastOp.pushforward`` (conversions are linear) and
+  ``XTensorFromTensor.vectorize_node`` (naming the new dims that
+  ``pytensor.graph.replace.vectorize_graph`` does not give it):
+  ``xtensor.conversion_pushforward``, ``xtensor_transforms.naming_new_dims``;
+* ``Rename.pullback``, ``XOp.connection_pattern`` and
+  ``XTensorType.in_same_class`` (the last only where PyTensor does not define
+  it): ``xtensor.rename_pullback``, ``xtensor.xop_connection_pattern``,
+  ``xtensor.xtensor_in_same_class``.
 
-Finally it registers how ``vectorize_graph`` batches a `LazyPullback` (with
-PyTensor's ``_vectorize_node`` dispatcher): by expanding it first, then
-batching the expansion (with the family's expansion vectorizer, if one is
-registered).
+Callers that imported a rebound function by name while the integration was
+enabled keep PyTensor's behaviour once it is disabled.  This module also
+checks the PyTensor version and the signatures it wraps, and raises
+`ImportError` at import on a PyTensor it was not written for.
 """
 
 from __future__ import annotations
@@ -45,7 +53,6 @@ from __future__ import annotations
 import functools
 import inspect
 import re
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -57,8 +64,9 @@ SUPPORTED_PYTENSOR = ((3, 3), (3, 4))
 module was written against."""
 
 _EXPECTED_SIGNATURES = {
-    "_populate_var_to_app_to_idx": ["outputs", "wrt", "consider_constant"],
+    "jacobian": ["expression", "wrt", "consider_constant", "disconnected_inputs", "vectorize"],
     "_populate_grad_dict": ["var_to_app_to_idx", "grad_dict", "wrt", "cost_name"],
+    "_populate_var_to_app_to_idx": ["outputs", "wrt", "consider_constant"],
     "_float_zeros_like": ["x"],
     "_float_ones_like": ["x"],
     "_pushforward_direct": ["f", "wrt", "tangents", "disconnected_outputs", "return_disconnected"],
@@ -108,26 +116,7 @@ def check_pytensor() -> None:
 # a refused import must leave PyTensor as it was.
 check_pytensor()
 
-import numpy as np  # noqa: E402
-from pytensor.compile.ops import view_op  # noqa: E402
-from pytensor.gradient import DisconnectedType, disconnected_type, grad_undefined  # noqa: E402
-from pytensor.graph.basic import Variable  # noqa: E402
-from pytensor.graph.null_type import NullType  # noqa: E402
-from pytensor.graph.replace import _vectorize_node, vectorize_graph  # noqa: E402
-from pytensor.graph.traversal import ancestors, applys_between, toposort  # noqa: E402
-from pytensor.tensor.basic import constant  # noqa: E402
-from pytensor.tensor.type import float_dtypes  # noqa: E402
-
-from pytensor_lazy_pullback.op import LazyPullback, LazyPushforward, align_cotangent  # noqa: E402
-from pytensor_lazy_pullback.regions import Region, find_regions  # noqa: E402
-from pytensor_lazy_pullback.registry import (  # noqa: E402
-    cotangent_rules,
-    expansion_vectorizer,
-    function_overrides,
-    is_conversion,
-    is_unlowered,
-)
-from pytensor_lazy_pullback.rewriting import expand_node  # noqa: E402
+from pytensor_lazy_pullback import op as _op  # noqa: E402
 
 __all__ = ["check_pytensor", "disable", "enable", "is_enabled", "integration_disabled"]
 
@@ -165,6 +154,60 @@ def _rebind(owner, name: str, replacement: Callable) -> None:
     setattr(owner, name, replacement if original is None else _while_enabled(replacement, original))
 
 
+def _overrides() -> list[tuple[object, str, Callable]]:
+    """``(owner, name, replacement)`` for every rebinding made by :func:`enable`."""
+    import pytensor.tensor as pt
+    import pytensor.xtensor.vectorization as xvectorization
+    from pytensor.xtensor.basic import Rename, XOp, XTensorFromTensor, XTypeCastOp
+    from pytensor.xtensor.type import XTensorType
+
+    from pytensor_lazy_pullback import xtensor, xtensor_transforms
+
+    def jacobian(
+        expression, wrt, consider_constant=None, disconnected_inputs="raise", vectorize=False
+    ):
+        result = xtensor_transforms.xtensor_jacobian(
+            expression, wrt, consider_constant, disconnected_inputs, vectorize
+        )
+        if result is None:
+            result = _originals["jacobian"](
+                expression, wrt, consider_constant, disconnected_inputs, vectorize
+            )
+        return result
+
+    original_vectorize_graph = xvectorization.vectorize_graph
+
+    def vectorize_graph(outputs, replace, *, new_tensor_dims=()):
+        return original_vectorize_graph(
+            xtensor_transforms.expand_lazy_pullbacks_first(outputs, replace),
+            replace,
+            new_tensor_dims=new_tensor_dims,
+        )
+
+    overrides = [
+        (gradient, "_populate_var_to_app_to_idx", _op.populate_var_to_app_to_idx),
+        (gradient, "_populate_grad_dict", _populate_grad_dict),
+        (gradient, "_float_zeros_like", _float_zeros_like),
+        (gradient, "_float_ones_like", _float_ones_like),
+        (gradient, "_pushforward_direct", _pushforward_direct),
+        (gradient, "pushforward", pushforward),
+        (gradient, "jacobian", jacobian),
+        (pt, "jacobian", jacobian),
+        (xvectorization, "vectorize_graph", vectorize_graph),
+        (Rename, "pullback", xtensor.rename_pullback),
+        (XOp, "connection_pattern", xtensor.xop_connection_pattern),
+        (XTypeCastOp, "pushforward", xtensor.conversion_pushforward),
+        (
+            XTensorFromTensor,
+            "vectorize_node",
+            xtensor_transforms.naming_new_dims(XTensorFromTensor.vectorize_node),
+        ),
+    ]
+    if "in_same_class" not in vars(XTensorType):
+        overrides.append((XTensorType, "in_same_class", xtensor.xtensor_in_same_class))
+    return overrides
+
+
 def enable() -> None:
     """Make :func:`pytensor.grad` differentiate un-lowered graphs lazily.
 
@@ -177,19 +220,8 @@ def enable() -> None:
         return
     check_pytensor()
     _enabled = True
-    replacements = {
-        "_populate_var_to_app_to_idx": _populate_var_to_app_to_idx,
-        "_populate_grad_dict": _populate_grad_dict,
-        "_float_zeros_like": _float_zeros_like,
-        "_float_ones_like": _float_ones_like,
-        "_pushforward_direct": _pushforward_direct,
-        "pushforward": pushforward,
-    }
-    for name, replacement in replacements.items():
-        _rebind(gradient, name, replacement)
-    for override in function_overrides():
-        original = getattr(override.module, override.name, None)
-        _rebind(override.module, override.name, override.wrap(original))
+    for owner, name, replacement in _overrides():
+        _rebind(owner, name, replacement)
 
 
 def disable() -> None:
@@ -221,207 +253,30 @@ def integration_disabled() -> Iterator[None]:
             enable()
 
 
-def _populate_var_to_app_to_idx(outputs, wrt, consider_constant):
-    """PyTensor's ``_populate_var_to_app_to_idx``, with loops instead of recursion.
-
-    The original walks the graph recursively, one frame per variable along
-    the longest path from the outputs (and again from `wrt`), so ``grad``
-    stops at a graph about as deep as the recursion limit before any region is
-    found.  This builds the same map, with the same insertion order (the
-    gradient graph's order depends on it), with an explicit stack.
-    """
-    # consider_constant was validated by ``grad``; variables hash by identity.
-    constant = set(consider_constant or ())
-    node_to_pattern = gradient._node_to_pattern
-    var_to_app_to_idx = {}
-    accounted_for = set()
-
-    def true_parents(var):
-        # What the original's account_for(var) loops over, entries made on the way.
-        app = var.owner
-        pattern = node_to_pattern(app)
-        var_idx = app.outputs.index(var)
-        for i, ipt in enumerate(app.inputs):
-            if not pattern[i][var_idx]:
-                continue
-            idx = var_to_app_to_idx.setdefault(ipt, {}).setdefault(app, [])
-            if i not in idx:
-                idx.append(i)
-            yield ipt
-
-    def account_for(var, stack):
-        if var in accounted_for:
-            return
-        accounted_for.add(var)
-        if var not in constant and var.owner is not None:
-            stack.append(true_parents(var))
-
-    for output in outputs:
-        stack = []
-        account_for(output, stack)
-        while stack:
-            parent = next(stack[-1], None)
-            if parent is None:
-                stack.pop()
-            else:
-                account_for(parent, stack)
-
-    # Keep the variables that have an element of wrt as a true ancestor.
-    visited = set()
-    todo = [var for var in wrt if var in var_to_app_to_idx]
-    while todo:
-        var = todo.pop()
-        if var in visited or var not in var_to_app_to_idx:
-            continue
-        visited.add(var)
-        for node, positions in var_to_app_to_idx[var].items():
-            pattern = node_to_pattern(node)
-            for idx in positions:
-                todo.extend(
-                    out for ii, out in enumerate(node.outputs) if pattern[idx][ii]
-                )
-    for var in list(var_to_app_to_idx):
-        if var not in visited:
-            del var_to_app_to_idx[var]
-    return var_to_app_to_idx
-
-
 def _populate_grad_dict(var_to_app_to_idx, grad_dict, wrt, cost_name=None):
-    for var, cotangent in list(grad_dict.items()):
-        rules = cotangent_rules(var)
-        if rules is not None and not isinstance(
-            cotangent.type, DisconnectedType | NullType
-        ):
-            grad_dict[var] = rules.align(var, cotangent)
-    regions = find_regions(
-        var_to_app_to_idx, cuts={*wrt, *grad_dict}, seeded=grad_dict.keys()
-    )
-    if regions:
-        var_to_app_to_idx = _collapse(var_to_app_to_idx, regions)
+    var_to_app_to_idx = _op.collapse_regions(var_to_app_to_idx, grad_dict, wrt)
     return _originals["_populate_grad_dict"](var_to_app_to_idx, grad_dict, wrt, cost_name)
 
 
 def _float_zeros_like(x):
-    rules = cotangent_rules(x)
-    if rules is not None:
-        return rules.zeros_like(x)
-    return _originals["_float_zeros_like"](x)
+    zeros = _op.lazy_zeros_like(x)
+    return zeros if zeros is not None else _originals["_float_zeros_like"](x)
 
 
 def _float_ones_like(x):
-    rules = cotangent_rules(x)
-    if rules is not None:
-        return rules.ones_like(x)
-    if x.type.ndim == 0 and any(
-        var.owner is not None and is_unlowered(var.owner) for var in ancestors([x])
-    ):
-        # The seed of a scalar cost computed from un-lowered nodes: a constant,
-        # so that the gradient graph does not hold the un-lowered forward pass
-        # (which ``vectorize_graph`` cannot batch) just to shape a scalar.
-        dtype = x.type.dtype if x.type.dtype in float_dtypes else pytensor.config.floatX
-        return constant(np.ones((), dtype=dtype))
-    return _originals["_float_ones_like"](x)
+    ones = _op.lazy_ones_like(x)
+    return ones if ones is not None else _originals["_float_ones_like"](x)
 
 
 def _pushforward_direct(f, wrt, tangents, disconnected_outputs, return_disconnected):
-    if any(is_unlowered(node) for node in applys_between(wrt, f)):
-        return _lazy_pushforward(
-            f, wrt, tangents, disconnected_outputs, return_disconnected, use_op_pushforward=True
-        )
-    return _originals["_pushforward_direct"](
+    result = _op.pushforward_through_regions(
         f, wrt, tangents, disconnected_outputs, return_disconnected
     )
-
-
-def _lazy_pushforward(
-    outputs, inputs, tangents, disconnected_outputs, return_disconnected, use_op_pushforward
-):
-    """``_pushforward_direct`` with one `LazyPushforward` per un-lowered region.
-
-    Like PyTensor's, it asks every ordinary node between `inputs` and
-    `outputs` for its ``pushforward``, in topological order (iteratively, so
-    deep graphs are fine).  Each region of un-lowered nodes on the way is one
-    `LazyPushforward` instead, expanded per `use_op_pushforward`; an
-    un-lowered node off the tangents' path gets zero tangents.
-    """
-    outputs, inputs = list(outputs), list(inputs)
-    consumers = gradient._populate_var_to_app_to_idx(outputs, inputs, None)
-    regions = find_regions(consumers, cuts=set(inputs), seeded=set(outputs))
-    region_of = {node: region for region in regions for node in region.nodes}
-    tangent_of: dict = dict(zip(inputs, tangents, strict=True))
-
-    def tangent(var):
-        if var in tangent_of:
-            return tangent_of[var]
-        if var.owner is None:  # a leaf that is not differentiated: zero
-            try:
-                return _float_zeros_like(var)
-            except Exception:
-                return disconnected_type()
-        return disconnected_type()
-
-    done_regions = set()
-    for node in toposort(outputs, blockers=inputs):
-        region = region_of.get(node)
-        if region is not None:
-            if region not in done_regions:
-                done_regions.add(region)
-                tangent_of.update(
-                    zip(region.outputs, _region_pushforward(region, tangent, use_op_pushforward))
-                )
-            continue
-        node_tangents = [tangent(inp) for inp in node.inputs]
-        if is_unlowered(node) and not is_conversion(node):
-            # Off the tangents' path (else it would be in a region): zero.
-            results = [_float_zeros_like(out) for out in node.outputs]
-        else:
-            node_tangents = [
-                t if isinstance(t.type, DisconnectedType) else gradient._match_tangent_dtype(x, t)
-                for x, t in zip(node.inputs, node_tangents, strict=True)
-            ]
-            results = node.op.pushforward(node.inputs, node.outputs, node_tangents)
-        tangent_of.update(zip(node.outputs, results, strict=True))
-
-    results = []
-    for out in outputs:
-        t = tangent(out)
-        if out not in inputs and isinstance(t.type, DisconnectedType):
-            if disconnected_outputs == "raise":
-                raise gradient.DisconnectedInputError(
-                    gradient.utils.get_variable_trace_string(out)
-                )
-            if disconnected_outputs == "warn":
-                warnings.warn(
-                    "pushforward was asked to compute the Jacobian-vector product with "
-                    "respect to a variable that is not part of the computational graph "
-                    f"of variables in wrt, or is used only by a non-differentiable operator: {out}",
-                    stacklevel=3,
-                )
-            if return_disconnected.lower() == "zero":
-                t = _float_zeros_like(out)
-            elif return_disconnected.lower() == "none":
-                t = None
-        results.append(t)
-    return results
-
-
-def _region_pushforward(region: Region, tangent, use_op_pushforward: bool) -> list:
-    """The tangents of `region`'s outputs: one `LazyPushforward`, or disconnected."""
-    pattern = region.connection_pattern()
-    live = [
-        i
-        for i, inp in enumerate(region.inputs)
-        if region.differentiable[i] and not isinstance(tangent(inp).type, DisconnectedType)
-    ]
-    connected = [any(pattern[i][j] for i in live) for j in range(len(region.outputs))]
-    if not any(connected):
-        return [disconnected_type() for _ in region.outputs]
-    op = LazyPushforward.from_graph(region.inputs, region.outputs, live, use_op_pushforward)
-    results = op(*region.inputs, *(tangent(region.inputs[i]) for i in live), return_list=True)
-    return [
-        t if is_connected else disconnected_type()
-        for t, is_connected in zip(results, connected, strict=True)
-    ]
+    if result is None:
+        result = _originals["_pushforward_direct"](
+            f, wrt, tangents, disconnected_outputs, return_disconnected
+        )
+    return result
 
 
 def pushforward(
@@ -432,170 +287,10 @@ def pushforward(
     return_disconnected="zero",
     use_op_pushforward=False,
 ):
-    """:func:`pytensor.gradient.pushforward`, also for labelled variables.
-
-    With labelled outputs, inputs or tangents, each region of un-lowered Ops
-    is one lazy `LazyPushforward`, expanded as `use_op_pushforward` says
-    (from the lowered Ops' own pushforwards, or as a pullback of a pullback).  Each tangent is
-    matched to its input by dim name (a `TypeError` names the input if it
-    cannot be), and each result is labelled like its output.
-    """
-    arguments = [*_as_list(f), *_as_list(wrt), *_as_list(tangents)]
-    if not any(
-        isinstance(var, Variable) and cotangent_rules(var) is not None for var in arguments
-    ):
-        return _originals["pushforward"](
+    if _op.has_cotangent_rules(f, wrt, tangents):
+        return _op.pushforward_labelled(
             f, wrt, tangents, disconnected_outputs, return_disconnected, use_op_pushforward
         )
-    inputs, given = _as_list(wrt), _as_list(tangents)
-    if len(inputs) != len(given):
-        raise ValueError("`wrt` must be the same length as `tangents`.")
-    aligned = [align_cotangent(x, t) for x, t in zip(inputs, given, strict=True)]
-    outputs = _as_list(f)
-    if use_op_pushforward or any(
-        is_unlowered(node) and not is_conversion(node) for node in applys_between(inputs, outputs)
-    ):
-        result = _lazy_pushforward(
-            outputs, inputs, aligned, disconnected_outputs, return_disconnected, use_op_pushforward
-        )
-    else:  # a lowered (e.g. expanded) labelled graph, differentiated as the user asked
-        result = _pushforward_by_pullbacks(
-            outputs, inputs, aligned, disconnected_outputs, return_disconnected
-        )
-    return gradient.as_list_or_tuple(isinstance(f, list), isinstance(f, tuple), result)
-
-
-def _pushforward_by_pullbacks(outputs, inputs, tangents, disconnected_outputs, return_disconnected):
-    """The pushforward as the pullback of a pullback, for labelled arguments.
-
-    Like PyTensor's ``pushforward_through_pullback``, with seeds of each
-    output's own kind (labelled zeros for labelled outputs) and each output
-    through a view: pullback's cotangents are final (known_grads), so an
-    output that is an ancestor of another would lose the other's contribution.
-    """
-    seeds = [_float_zeros_like(out) for out in outputs]
-    input_cotangents = gradient.pullback(
-        [view_op(out) for out in outputs],
-        inputs,
-        seeds,
-        disconnected_inputs=disconnected_outputs,
-        return_disconnected="zero",
-    )
-    return gradient.pullback(
-        input_cotangents,
-        seeds,
-        tangents,
-        disconnected_inputs="ignore",
-        return_disconnected=return_disconnected,
-    )
-
-
-def _as_list(value):
-    return list(value) if isinstance(value, list | tuple) else [value]
-
-
-def _collapse(var_to_app_to_idx, regions: list[Region]):
-    """Rewrite the variable-to-consumers map so each region is one stand-in node."""
-    stand_in_of = {}
-    for region in regions:
-        stand_in = _RegionNode(region)
-        for node in region.nodes:
-            stand_in_of[node] = stand_in
-    collapsed = {}
-    for var, apps in var_to_app_to_idx.items():
-        producer = stand_in_of.get(var.owner)
-        if producer is not None and var not in producer.output_set:
-            continue  # interior to a region: never asked for its gradient
-        new_apps: dict = {}
-        for app, positions in apps.items():
-            stand_in = stand_in_of.get(app)
-            if stand_in is None:
-                new_apps[app] = positions
-            elif stand_in is not producer:
-                new_apps.setdefault(stand_in, [stand_in.input_position[var]])
-            # else: a region output also read inside its own region; the
-            # region's pullback accounts for that use.
-        collapsed[var] = new_apps
-    return collapsed
-
-
-class _RegionNode:
-    """Stands in, for ``grad``'s bookkeeping only, for a whole region.
-
-    It has what ``grad`` reads of an `Apply` (``op``, ``inputs``, ``outputs``)
-    but is never part of a graph: the user's graph is not touched.
-    """
-
-    def __init__(self, region: Region):
-        self.op = _RegionPullback(region)
-        self.inputs = region.inputs
-        self.outputs = region.outputs
-        self.output_set = set(region.outputs)
-        self.input_position = {var: i for i, var in enumerate(region.inputs)}
-
-
-class _RegionPullback:
-    """The pullback of a region: one `LazyPullback`, built without lowering."""
-
-    destroy_map: dict = {}
-
-    def __init__(self, region: Region):
-        self.region = region
-        self._pattern = None
-
-    def __str__(self):
-        return f"the {self.region}"
-
-    def connection_pattern(self, node):
-        if self._pattern is None:
-            structural = self.region.connection_pattern()
-            self._pattern = [
-                [
-                    connected and (differentiable or undefined is not None)
-                    for connected in row
-                ]
-                for row, differentiable, undefined in zip(
-                    structural,
-                    self.region.differentiable,
-                    self.region.undefined,
-                    strict=True,
-                )
-            ]
-        return self._pattern
-
-    def pullback(self, inputs, outputs, output_grads):
-        region = self.region
-        pattern = self.connection_pattern(None)
-        live = [
-            j
-            for j, g in enumerate(output_grads)
-            if not isinstance(g.type, DisconnectedType | NullType)
-        ]
-        grads = [disconnected_type() for _ in inputs]
-        wrt = []
-        for i, inp in enumerate(inputs):
-            if not any(pattern[i][j] for j in live):
-                continue
-            if region.undefined[i] is not None:
-                grads[i] = grad_undefined(self, i, inp, region.undefined[i])
-            else:
-                wrt.append(i)
-        if wrt:
-            cotangents = [align_cotangent(outputs[j], output_grads[j]) for j in live]
-            op = LazyPullback.from_graph(inputs, [outputs[j] for j in live], wrt)
-            for i, g in zip(wrt, op(*inputs, *cotangents, return_list=True), strict=True):
-                grads[i] = g
-        return grads
-
-
-@_vectorize_node.register(LazyPullback)
-def _vectorize_lazy_pullback(op, node, *batched_inputs):
-    """Vectorize a `LazyPullback` by expanding it first.
-
-    ``vectorize_graph`` (and so ``jacobian(vectorize=True)``) cannot batch an
-    opaque region; its expansion is an ordinary graph that it can.
-    """
-    vectorize = expansion_vectorizer() or vectorize_graph
-    return vectorize(
-        expand_node(node), dict(zip(node.inputs, batched_inputs, strict=True))
+    return _originals["pushforward"](
+        f, wrt, tangents, disconnected_outputs, return_disconnected, use_op_pushforward
     )

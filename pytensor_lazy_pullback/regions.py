@@ -1,7 +1,7 @@
 """Partition the un-lowered part of a gradient graph into convex regions.
 
-Upstream home: ``pytensor/graph/lowering.py``, next to the registry (see
-:mod:`pytensor_lazy_pullback.registry`).
+Upstream home: ``pytensor/graph/regions.py``, next to the registry
+(``pytensor/graph/lowering.py``, see :mod:`pytensor_lazy_pullback.registry`).
 
 A *region* is a maximal connected group of un-lowered nodes between the
 variables being differentiated and the cost that is *convex*: no

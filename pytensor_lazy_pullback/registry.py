@@ -21,17 +21,13 @@ un-lowered Ops.  A family (such as :mod:`pytensor.xtensor`, see
 * how the cotangents of its own variable types are aligned to, and zeros are
   made for, a variable (:func:`register_cotangent_type`);
 * how a graph that still holds its conversions is batched by
-  ``vectorize_graph`` (:func:`register_expansion_vectorizer`), and which public
-  PyTensor functions need a version that accepts its variables
-  (:func:`register_function_override`, applied by
-  :func:`pytensor_lazy_pullback.enable`).
+  ``vectorize_graph`` (:func:`register_expansion_vectorizer`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from types import ModuleType
 
 from pytensor.graph.basic import Apply, Variable
 from pytensor.graph.fg import FunctionGraph
@@ -40,18 +36,15 @@ from pytensor.graph.type import Type
 
 __all__ = [
     "CotangentRules",
-    "FunctionOverride",
     "absorbed_into_region",
     "cotangent_rules",
     "expansion_vectorizer",
-    "function_overrides",
     "is_conversion",
     "is_unlowered",
     "lowerings_for",
     "register_absorbed_op",
     "register_cotangent_type",
     "register_expansion_vectorizer",
-    "register_function_override",
     "register_undefined_gradient_op",
     "register_unlowered_op",
     "undefined_gradient_reason",
@@ -65,7 +58,6 @@ _conversions: set[type[Op]] = set()
 _undefined: dict[type[Op], str] = {}
 _absorbed: set[type[Op]] = set()
 _cotangent_rules: dict[type[Type], CotangentRules] = {}
-_function_overrides: list[FunctionOverride] = []
 
 Vectorizer = Callable[[list[Variable], dict[Variable, Variable]], list[Variable]]
 """``vectorizer(outputs, replace)`` returns `outputs` batched like
@@ -196,43 +188,6 @@ def cotangent_rules(var: Variable) -> CotangentRules | None:
         if rules is not None:
             return rules
     return None
-
-
-@dataclass(frozen=True)
-class FunctionOverride:
-    """A public PyTensor function that :func:`pytensor_lazy_pullback.enable` rebinds.
-
-    Attributes
-    ----------
-    module
-        The module holding the function, e.g. :mod:`pytensor.gradient`.
-    name
-        The function's name in `module`.
-    wrap
-        ``wrap(original)`` returns the replacement, which must behave exactly
-        like `original` on arguments of no registered family.
-    """
-
-    module: ModuleType
-    name: str
-    wrap: Callable[[Callable], Callable]
-
-
-def register_function_override(
-    module: ModuleType, name: str, wrap: Callable[[Callable], Callable]
-) -> None:
-    """Have :func:`pytensor_lazy_pullback.enable` rebind ``module.name`` to ``wrap(original)``.
-
-    For public functions that refuse a family's variables before any gradient
-    machinery runs (e.g. ``jacobian`` calls ``ravel``).  Callers that imported
-    the function by name before the rebinding keep the original.
-    """
-    _function_overrides.append(FunctionOverride(module, name, wrap))
-
-
-def function_overrides() -> list[FunctionOverride]:
-    """The registered overrides, in registration order."""
-    return list(_function_overrides)
 
 
 def register_expansion_vectorizer(vectorizer: Vectorizer) -> None:

@@ -32,12 +32,14 @@ from pytensor.graph.rewriting.basic import (
 )
 from pytensor.graph.fg import FrozenFunctionGraph
 from pytensor.graph.op import Op
+from pytensor.graph.replace import _vectorize_node, vectorize_graph
 from pytensor.graph.traversal import toposort
 from pytensor.scan.op import Scan
 
 from pytensor_lazy_pullback.op import LazyPullback, LazyPushforward
 from pytensor_lazy_pullback.registry import (
     cotangent_rules,
+    expansion_vectorizer,
     is_conversion,
     is_unlowered,
     lowerings_for,
@@ -639,6 +641,20 @@ optdb.register(
 )
 
 
+@_vectorize_node.register(LazyPullback)
+@_vectorize_node.register(LazyPushforward)
+def _vectorize_lazy_pullback(op, node, *batched_inputs):
+    """Vectorize a `LazyPullback` (`LazyPushforward`) by expanding it first.
+
+    ``vectorize_graph`` (and so ``jacobian(vectorize=True)``) cannot batch an
+    opaque region; its expansion is an ordinary graph that it can.
+    """
+    vectorize = expansion_vectorizer() or vectorize_graph
+    return vectorize(
+        expand_node(node), dict(zip(node.inputs, batched_inputs, strict=True))
+    )
+
+
 def expand_lazy_pullbacks(
     outputs: Variable | Sequence[Variable], lower: bool = False
 ) -> Variable | list[Variable]:
@@ -672,16 +688,19 @@ def expand_lazy_pullbacks(
     return fgraph.outputs[0] if single else list(fgraph.outputs)
 
 
-def with_lazy_pullbacks_expanded(outputs: Sequence[Variable]) -> list[Variable]:
-    """Return `outputs` with every `LazyPullback` among their ancestors expanded.
+def with_lazy_pullbacks_expanded(
+    outputs: Sequence[Variable], blockers: Sequence[Variable] = ()
+) -> list[Variable]:
+    """Return `outputs` with every `LazyPullback` between `blockers` and them expanded.
 
     Unlike :func:`expand_lazy_pullbacks`, nothing is cloned that does not
     depend on a `LazyPullback`: the forward graph keeps its own variables, so
     a replacement keyed on them (as in ``vectorize_graph``) still applies.
-    The given graph is not modified.
+    Nothing above a blocker is looked at (so the blockers themselves are
+    kept).  The given graph is not modified.
     """
     new: dict[Variable, Variable] = {}
-    for node in toposort(outputs):
+    for node in toposort(outputs, blockers=blockers):
         inputs = [new.get(inp, inp) for inp in node.inputs]
         changed = any(a is not b for a, b in zip(inputs, node.inputs, strict=True))
         if isinstance(node.op, LazyPullback):

@@ -41,7 +41,6 @@ from pytensor.xtensor.basic import (
     TensorFromXTensor,
     XOp,
     XTensorFromTensor,
-    XTypeCastOp,
 )
 from pytensor.xtensor.indexing import Index, IndexUpdate
 from pytensor.xtensor.shape import Broadcast, ExpandDims, UnStack, ones_like, zeros_like
@@ -52,7 +51,6 @@ from pytensor_lazy_pullback.registry import (
     CotangentRules,
     register_absorbed_op,
     register_cotangent_type,
-    register_function_override,
     register_undefined_gradient_op,
     register_unlowered_op,
 )
@@ -61,8 +59,9 @@ from pytensor_lazy_pullback.rewriting import expand_all_inner_graphs, expand_all
 __all__ = [
     "align_labelled_cotangent",
     "labelled_ones_like",
-    "rename_pullback",
     "lower_xtensor_graph",
+    "rename_pullback",
+    "xop_connection_pattern",
     "xtensor_in_same_class",
 ]
 
@@ -214,13 +213,6 @@ register_cotangent_type(
         ones_like=labelled_ones_like,
     ),
 )
-register_function_override(Rename, "pullback", lambda original: rename_pullback)
-register_function_override(XTypeCastOp, "pushforward", lambda original: conversion_pushforward)
-register_function_override(XOp, "connection_pattern", lambda original: xop_connection_pattern)
-if "in_same_class" not in vars(XTensorType):
-    register_function_override(
-        XTensorType, "in_same_class", lambda original: xtensor_in_same_class
-    )
 # So that ``rewrite_graph(grads, include=("lower_xtensor",))`` expands lazy
 # gradients too.  A graph rewriter in an equilibrium runs before its node
 # rewriters and is not wrapped in a failure callback (an expansion error must

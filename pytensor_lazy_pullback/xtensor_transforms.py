@@ -1,8 +1,8 @@
 """Jacobians and vectorization of lazy gradients of labelled graphs.
 
-Upstream home: the labelled branch of ``jacobian`` in ``pytensor/gradient.py``,
-and :func:`vectorize_expansion` next to ``vectorize_graph`` in
-``pytensor/xtensor/vectorization.py``.
+Upstream home: ``pytensor/xtensor/gradient.py`` (called from ``jacobian`` in
+``pytensor/gradient.py`` and ``vectorize_graph`` in
+``pytensor/xtensor/vectorization.py``).
 
 * :func:`jacobian`: :func:`pytensor.gradient.jacobian` calls ``ravel`` and
   ``reshape`` on its expression, which an `XTensorVariable` does not have.  For
@@ -18,8 +18,9 @@ and :func:`vectorize_expansion` next to ``vectorize_graph`` in
   names no new dim at all; an expanded `LazyPullback` takes the name from its
   batched labelled inputs.
 
-The three are installed by :func:`pytensor_lazy_pullback.enable` (the first
-two as overrides of PyTensor's public functions, for labelled arguments only).
+``pytensor.gradient.jacobian`` and ``pytensor.xtensor.vectorization.vectorize_graph``
+call :func:`xtensor_jacobian` and :func:`expand_lazy_pullbacks_first` first;
+:func:`vectorize_expansion` is registered as the expansion vectorizer.
 """
 
 from __future__ import annotations
@@ -30,23 +31,25 @@ from itertools import count
 import pytensor
 import pytensor.gradient
 import pytensor.tensor as pt
-import pytensor.xtensor.vectorization
 from pytensor.graph.basic import Variable
 from pytensor.graph.traversal import ancestors
 from pytensor.graph.replace import vectorize_graph as vectorize_tensor_graph
 from pytensor.tensor.extra_ops import broadcast_to
 from pytensor.tensor.type import TensorType
-from pytensor.xtensor.basic import XTensorFromTensor
 from pytensor.xtensor.type import XTensorType, as_xtensor
 from pytensor.xtensor.vectorization import vectorize_graph as vectorize_labelled_graph
 
-from pytensor_lazy_pullback.registry import (
-    register_expansion_vectorizer,
-    register_function_override,
-)
+from pytensor_lazy_pullback.registry import register_expansion_vectorizer
 from pytensor_lazy_pullback.rewriting import with_lazy_pullbacks_expanded
 
-__all__ = ["jacobian", "vectorize_expansion"]
+__all__ = [
+    "expand_lazy_pullbacks_first",
+    "jacobian",
+    "naming_new_dims",
+    "new_dim_names",
+    "vectorize_expansion",
+    "xtensor_jacobian",
+]
 
 _UNNAMED_DIM = "__unnamed_batch_dim_{}__"
 
@@ -154,23 +157,34 @@ def _rows_by_scan(expression, wrt, grad_kwargs) -> list[Variable]:
     )
 
 
-def _expanding_first(original: Callable) -> Callable:
-    """Wrap ``pytensor.xtensor.vectorization.vectorize_graph`` to expand lazy pullbacks first."""
+def xtensor_jacobian(
+    expression, wrt, consider_constant=None, disconnected_inputs="raise", vectorize=False
+):
+    """:func:`jacobian` if `expression` is labelled, else ``None``.
 
-    def vectorize_graph(
-        outputs: Variable | Sequence[Variable],
-        replace: Mapping[Variable, Variable],
-        *,
-        new_tensor_dims: Sequence[str] = (),
-    ):
-        seq = outputs if isinstance(outputs, Sequence) else [outputs]
-        expanded = with_lazy_pullbacks_expanded(list(seq))
-        result = original(expanded, replace, new_tensor_dims=new_tensor_dims)
-        return result if isinstance(outputs, Sequence) else result[0]
+    Called at the start of :func:`pytensor.gradient.jacobian`.
+    """
+    if _is_labelled(expression):
+        return jacobian(expression, wrt, consider_constant, disconnected_inputs, vectorize)
+    return None
 
-    vectorize_graph.__doc__ = original.__doc__
-    vectorize_graph.__wrapped__ = original
-    return vectorize_graph
+
+def expand_lazy_pullbacks_first(
+    outputs: Variable | Sequence[Variable], replace: Mapping[Variable, Variable]
+):
+    """`outputs` with every `LazyPullback` below the keys of `replace` expanded.
+
+    Called at the start of ``pytensor.xtensor.vectorization.vectorize_graph``:
+    a `LazyPullback` that only sees plain tensors batched could not name the
+    new dim, its expansion can be batched like any labelled graph.  Returns a
+    list if `outputs` is a sequence.  The keys of `replace` are kept (nothing
+    above them is expanded), so the replacement still applies.
+    """
+    keys = list(replace)
+    if isinstance(outputs, Sequence):
+        return with_lazy_pullbacks_expanded(list(outputs), keys)
+    [expanded] = with_lazy_pullbacks_expanded([outputs], keys)
+    return expanded
 
 
 def vectorize_expansion(
@@ -230,22 +244,8 @@ def _fresh_dim(taken: set[str]) -> str:
     )
 
 
-def _jacobian_override(original: Callable) -> Callable:
-    def dispatching_jacobian(
-        expression, wrt, consider_constant=None, disconnected_inputs="raise", vectorize=False
-    ):
-        if _is_labelled(expression):
-            return jacobian(expression, wrt, consider_constant, disconnected_inputs, vectorize)
-        return original(expression, wrt, consider_constant, disconnected_inputs, vectorize)
-
-    dispatching_jacobian.__doc__ = original.__doc__
-    dispatching_jacobian.__wrapped__ = original
-    dispatching_jacobian.__name__ = "jacobian"
-    return dispatching_jacobian
-
-
-def _naming_new_dims(original: Callable) -> Callable:
-    """Wrap ``XTensorFromTensor.vectorize_node`` to name new dims it is not told.
+def new_dim_names(op, node, new_x) -> list[str]:
+    """Names for the new leading axes of `new_x`, batched input of ``XTensorFromTensor`` `node`.
 
     ``pytensor.graph.replace.vectorize_graph`` passes no dim name, and the
     conversion then refuses to guess.  A lazy gradient keeps the user's
@@ -253,33 +253,34 @@ def _naming_new_dims(original: Callable) -> Callable:
     which the reference, lowered first, does not have.  So the new leading
     axes take the names of the new dims of the labelled variables the tensor
     was computed from, or else ``__unnamed_batch_dim_<i>__``, as for an
-    expanded `LazyPullback` (:func:`vectorize_expansion`).  Upstream home:
-    ``XTensorFromTensor.vectorize_node`` in ``pytensor/xtensor/basic.py``.
+    expanded `LazyPullback` (:func:`vectorize_expansion`).
+    """
+    [old_x] = node.inputs
+    n_new = new_x.type.ndim - old_x.type.ndim
+    old_dims = {d for var in ancestors([old_x]) for d in _dims(var)}
+    named = list(
+        dict.fromkeys(d for var in ancestors([new_x]) for d in _dims(var) if d not in old_dims)
+    )
+    new_dims = named if len(named) == n_new else []
+    while len(new_dims) < n_new:
+        new_dims.append(_fresh_dim(set(op.dims) | set(new_dims) | old_dims))
+    return new_dims
+
+
+def naming_new_dims(original: Callable) -> Callable:
+    """``XTensorFromTensor.vectorize_node``, naming new dims it is not told (:func:`new_dim_names`).
+
+    Upstream home: the start of ``XTensorFromTensor.vectorize_node`` in
+    ``pytensor/xtensor/basic.py``.
     """
 
     def vectorize_node(self, node, new_x, new_dim):
-        [old_x] = node.inputs
-        n_new = new_x.type.ndim - old_x.type.ndim
-        if n_new <= 0 or new_dim is not None:
-            return original(self, node, new_x, new_dim)
-        # The names of the labelled inputs' new dims, where the tensor was
-        # computed from them (a positional batch axis stands for them).
-        old_dims = {d for var in ancestors([old_x]) for d in _dims(var)}
-        named = list(
-            dict.fromkeys(
-                d for var in ancestors([new_x]) for d in _dims(var) if d not in old_dims
-            )
-        )
-        new_dims = named if len(named) == n_new else []
-        while len(new_dims) < n_new:
-            new_dims.append(_fresh_dim(set(self.dims) | set(new_dims) | old_dims))
-        return [type(self)(dims=(*new_dims, *self.dims))(new_x)]
+        if new_dim is None and new_x.type.ndim > node.inputs[0].type.ndim:
+            new_dims = new_dim_names(self, node, new_x)
+            return [type(self)(dims=(*new_dims, *self.dims))(new_x)]
+        return original(self, node, new_x, new_dim)
 
     return vectorize_node
 
 
-register_function_override(pytensor.gradient, "jacobian", _jacobian_override)
-register_function_override(pt, "jacobian", _jacobian_override)
-register_function_override(pytensor.xtensor.vectorization, "vectorize_graph", _expanding_first)
-register_function_override(XTensorFromTensor, "vectorize_node", _naming_new_dims)
 register_expansion_vectorizer(vectorize_expansion)

@@ -134,6 +134,29 @@ def fetch_sdist(version: str, cache: Path) -> Path:
     return target
 
 
+def cache_dir() -> Path:
+    """``$PYTENSOR_SUITES_CACHE``, else the default cache of sdists."""
+    env = os.environ.get("PYTENSOR_SUITES_CACHE")
+    return Path(env) if env else DEFAULT_CACHE
+
+
+def unpacked_sdist(sdist: Path, cache: Path) -> Path:
+    """The whole sdist unpacked (``cache/trees/pytensor-X.Y.Z``), unpacked once and kept."""
+    name = sdist.name.removesuffix(".tar.gz")
+    target = cache / "trees" / name
+    if (target / "pytensor" / "__init__.py").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".unpack-") as tmp:
+        with tarfile.open(sdist) as tar:
+            tar.extractall(tmp, filter="data")
+        unpacked = Path(tmp) / name
+        if not (unpacked / "pytensor" / "__init__.py").is_file():
+            raise RunnerError(f"{sdist.name} does not unpack to {name}/pytensor/")
+        os.replace(unpacked, target)
+    return target
+
+
 def extract_suites(sdist: Path, dest: Path) -> None:
     """Extract only the two test files (as dest/tests/NAME), nothing else."""
     with tarfile.open(sdist) as tar:
@@ -215,10 +238,30 @@ def check_helpers(dest: Path) -> None:
 # --------------------------------------------------------------------------- runs
 
 
-def run_suites(workdir: Path, mode: str, extra_args: list[str], linker: str) -> dict:
-    """Run pytest on the suites in `mode` ("plain" or "addon"); per-test outcomes."""
-    junit = workdir / f"junit-{mode}.xml"
-    evidence_file = workdir / f"evidence-{mode}.json"
+LABELS = {
+    "plain": "without the add-on",
+    "addon": "with the add-on",
+    "patched": "on the patched PyTensor",
+}
+
+
+def run_suites(
+    workdir: Path,
+    mode: str,
+    extra_args: list[str],
+    linker: str,
+    python: str = sys.executable,
+    suites: tuple[str, ...] = SUITES,
+    conftest: bool = True,
+) -> dict:
+    """Run pytest on the suites in `mode` (see `LABELS`) with `python`; per-test outcomes.
+
+    Without `conftest` (the patch's own tests, whose directory has none) no
+    evidence is written or checked.
+    """
+    tag = mode if conftest else f"{mode}-own"
+    junit = workdir / f"junit-{tag}.xml"
+    evidence_file = workdir / f"evidence-{tag}.json"
     for stale in (junit, evidence_file):
         stale.unlink(missing_ok=True)
     env = dict(os.environ)
@@ -237,18 +280,20 @@ def run_suites(workdir: Path, mode: str, extra_args: list[str], linker: str) -> 
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(REPO), env.get("PYTHONPATH")) if p
         )
+    elif mode == "patched":
+        env.pop("PYTHONPATH", None)  # the venv's PyTensor, nothing else
     cmd = [
-        sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+        python, "-m", "pytest", "-q", "-p", "no:cacheprovider",
         "-rfE", "-c", str(workdir / "pytest.ini"), "--rootdir", str(workdir),
-        f"--junitxml={junit}", *extra_args, *SUITES,
+        f"--junitxml={junit}", *extra_args, *suites,
     ]
-    label = "with the add-on" if mode == "addon" else "without the add-on"
-    log(f"\n=== PyTensor suites {label} ===")
+    label = LABELS[mode] if conftest else f"{LABELS[mode]} (the patch's own tests)"
+    log(f"\n=== {'PyTensor suites' if conftest else 'tests'} {label} ===")
     start = time.monotonic()
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
     seconds = time.monotonic() - start
     output = (proc.stdout + proc.stderr).rstrip()
-    (workdir / f"pytest-{mode}.log").write_text(output + "\n")
+    (workdir / f"pytest-{tag}.log").write_text(output + "\n")
     lines = output.splitlines()
     if proc.returncode not in (0, 1):  # 1: some tests failed; anything else: broken run
         log("\n".join(lines[-60:]))
@@ -261,6 +306,14 @@ def run_suites(workdir: Path, mode: str, extra_args: list[str], linker: str) -> 
     log(lines[-1] if lines else "(no output)")
     if not junit.is_file():
         raise RunnerError(f"pytest {label} wrote no junit XML")
+    if not conftest:
+        outcomes, times, messages = parse_junit(junit)
+        if not outcomes:
+            raise RunnerError(f"pytest {label} ran no test")
+        return {
+            "outcomes": outcomes, "times": times, "messages": messages,
+            "seconds": seconds, "evidence": {},
+        }
     if not evidence_file.is_file():
         raise RunnerError(f"the conftest {label} wrote no evidence (was it loaded?)")
     evidence = json.loads(evidence_file.read_text())
@@ -283,6 +336,8 @@ def check_evidence(mode: str, evidence: dict) -> None:
             problems.append("the add-on was not enabled for the whole run")
     elif evidence.get("imported_at_end"):
         problems.append("the add-on was imported in the run without it")
+    if mode == "patched" and not evidence.get("in_tree"):
+        problems.append("the run's PyTensor is not the patched one")
     if not evidence.get("hook_calls"):
         problems.append("pytensor.gradient._populate_grad_dict was never called")
     if problems:
@@ -346,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--cache-dir", type=Path,
-        default=Path(os.environ["PYTENSOR_SUITES_CACHE"]) if os.environ.get("PYTENSOR_SUITES_CACHE") else DEFAULT_CACHE,
+        default=cache_dir(),
         help="where the sdist is cached (default: $PYTENSOR_SUITES_CACHE or %(default)s)",
     )
     parser.add_argument(

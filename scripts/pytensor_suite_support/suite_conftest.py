@@ -4,8 +4,9 @@ Copied as ``conftest.py`` next to the extracted ``tests/`` by
 ``scripts/pytensor_suites.py``, which sets:
 
 ``PYTENSOR_SUITES_MODE``
-    ``plain`` (the add-on must not be imported) or ``addon`` (it is imported here
-    and must be enabled).
+    ``plain`` (the add-on must not be imported), ``addon`` (it is imported here
+    and must be enabled) or ``patched`` (a PyTensor with the in-tree patch of
+    ``scripts/upstream.py``; the add-on must not even be importable).
 ``PYTENSOR_SUITES_REPO``
     The repository whose ``pytensor_lazy_pullback`` must be the one imported.
 ``PYTENSOR_SUITES_EVIDENCE``
@@ -31,7 +32,7 @@ REPO = os.environ.get("PYTENSOR_SUITES_REPO")
 EVIDENCE = os.environ.get("PYTENSOR_SUITES_EVIDENCE")
 ADDON = "pytensor_lazy_pullback"
 
-if MODE not in ("plain", "addon") or not REPO or not EVIDENCE:
+if MODE not in ("plain", "addon", "patched") or not REPO or not EVIDENCE:
     raise RuntimeError(
         "run this directory through scripts/pytensor_suites.py "
         "(PYTENSOR_SUITES_MODE/REPO/EVIDENCE are not set)"
@@ -47,6 +48,7 @@ evidence = {
     "enabled_at_end": False,
     "imported_at_end": False,
     "hook_calls": 0,
+    "in_tree": False,
     "problems": [],
 }
 
@@ -64,7 +66,10 @@ if MODE == "addon":
         )
     if not pytensor_lazy_pullback.is_enabled():
         raise RuntimeError(f"{ADDON} was imported but is_enabled() is False")
-    if gradient._populate_grad_dict is not integration._populate_grad_dict:
+    original = integration._originals["_populate_grad_dict"]
+    if gradient._populate_grad_dict is original or (
+        getattr(gradient._populate_grad_dict, "__wrapped__", None) is not original
+    ):
         raise RuntimeError(
             f"{ADDON} is enabled but pytensor.gradient._populate_grad_dict is "
             f"{gradient._populate_grad_dict!r}, not the add-on's"
@@ -73,6 +78,16 @@ if MODE == "addon":
 else:
     if ADDON in sys.modules:
         raise RuntimeError(f"{ADDON} is imported in the run without the add-on")
+    if MODE == "patched":
+        import importlib.util
+
+        if importlib.util.find_spec(ADDON) is not None:
+            raise RuntimeError(f"{ADDON} is importable in the run of the patched PyTensor")
+        try:
+            import pytensor.gradient_lazy  # noqa: F401  (added by the patch)
+        except ImportError as err:
+            raise RuntimeError(f"this PyTensor is not patched: {err}") from err
+        evidence["in_tree"] = True
     if gradient._populate_grad_dict.__module__ != "pytensor.gradient":
         raise RuntimeError(
             "pytensor.gradient._populate_grad_dict is not PyTensor's own: "

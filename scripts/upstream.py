@@ -1,0 +1,890 @@
+#!/usr/bin/env python
+"""Generate the in-tree form of this package: a patch against a PyTensor source tree.
+
+Usage::
+
+    python scripts/upstream.py SRC OUT     # SRC: an unpacked sdist or a git checkout
+    python scripts/upstream.py             # SRC: the sdist of the installed pytensor
+                                           # (downloaded and cached like
+                                           # scripts/pytensor_suites.py does)
+
+It writes to OUT a unified diff (``a/...``, ``b/...``; apply it in SRC with
+``patch -p1`` or ``git apply``) that
+
+* adds every module of ``pytensor_lazy_pullback`` except ``integration.py`` at
+  its in-tree home (:data:`MODULES`), imports rewritten to PyTensor's paths;
+* turns every rebinding made by ``integration.py`` into a direct edit of the
+  function or class it replaces, each located by parsing SRC with `ast`
+  (:data:`GRADIENT_HOOKS`, :func:`xtensor_edits`, :func:`import_edits`);
+* adds PyTensor-style tests under ``tests/xtensor/`` generated from a subset of
+  this repository's tests (:data:`TESTS`, plus one helper module), and a
+  documentation page under ``doc/library/xtensor/``.
+
+If SRC is not a PyTensor tree, or an anchor (file, function, class) is missing
+or has changed shape, it prints one line naming the file and the function and
+exits with status 1, writing nothing.  SRC is only read.  Exit status 3: no SRC
+given, the sdist is not cached and the package index cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import difflib
+import importlib.metadata
+import re
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SCRIPTS = Path(__file__).resolve().parent
+REPO = SCRIPTS.parent
+PACKAGE = REPO / "pytensor_lazy_pullback"
+sys.path.insert(0, str(SCRIPTS))
+
+import pytensor_suites  # noqa: E402  (sdist fetching and caching)
+
+MODULES = {
+    "registry.py": "pytensor/graph/lowering.py",
+    # Its docstring says "next to the registry": a module of its own there.
+    "regions.py": "pytensor/graph/regions.py",
+    "op.py": "pytensor/gradient_lazy.py",
+    "rewriting.py": "pytensor/tensor/rewriting/lazy_pullback.py",
+    "xtensor.py": "pytensor/xtensor/rewriting/lazy_pullback.py",
+    # The xtensor jacobian and vectorize_graph of lazy pullbacks (its docstring
+    # names two homes; one module keeps them together).
+    "xtensor_transforms.py": "pytensor/xtensor/gradient.py",
+}
+"""Package module -> its in-tree path.  ``integration.py`` is the add-on only."""
+
+ADDON_ONLY = {"integration.py", "__init__.py"}
+
+PUBLIC_NAMES = {
+    "LazyPullback": "op.py",
+    "LazyPullbackNotExpandedError": "op.py",
+    "LazyPullbackExpansionError": "rewriting.py",
+    "expand_lazy_pullback": "rewriting.py",
+    "expand_lazy_pullbacks": "rewriting.py",
+    "LazyPushforward": "op.py",
+    "expand_inner_graphs": "rewriting.py",
+}
+"""Names exported by the package's ``__init__``, by defining module."""
+
+TEST_DIR = "tests/xtensor"
+HELPER = "lazy_pullback_helpers"
+TESTS = {
+    "test_contract.py": "test_lazy_pullback.py",
+    "test_bad_input.py": "test_lazy_pullback_errors.py",
+    "test_composites.py": "test_lazy_pullback_composites.py",
+    "test_families.py": "test_lazy_pullback_families.py",
+    "test_more_families.py": "test_lazy_pullback_more_families.py",
+    "test_higher_order.py": "test_lazy_pullback_higher_order.py",
+    "test_integer_inputs.py": "test_lazy_pullback_integer_inputs.py",
+    "test_labelled_transforms.py": "test_lazy_pullback_transforms.py",
+    "test_laziness.py": "test_lazy_pullback_laziness.py",
+    "test_vectorize.py": "test_lazy_pullback_vectorize.py",
+    "test_inner_graphs.py": "test_lazy_pullback_inner_graphs.py",
+    "test_lazy_pushforward.py": "test_lazy_pushforward.py",
+    "test_expansion_errors.py": "test_lazy_pullback_expansion_errors.py",
+}
+"""Tests of this repository carried into the patch.  Left out: test_pymc.py
+(pymc), test_deep_graphs.py (it compares with the add-on's own walk and
+compiles for minutes), test_modes.py and test_fuzz.py (time:
+the mode matrix and the fuzzer stay the add-on's), test_pytensor_suites.py."""
+
+EXCLUDED_TEST = re.compile(
+    r"\bsubprocess\b|\bpymc\b|\bjax\b|\bJAX\b|\benable\(|\bdisable\(|\bis_enabled\b|"
+    r"\bcheck_pytensor\b|\bintegration\.|\bplp\.|__version__"
+)
+"""A test function whose source matches is left out of the patch (it tests the
+add-on's switching, import checks or optional dependencies)."""
+
+DOC_PAGE = "doc/library/xtensor/lazy_pullback.md"
+DOC_INDEX = "doc/library/xtensor/index.md"
+
+
+class AnchorError(Exception):
+    """An anchor of the patch is missing or has changed (one line: file: function: problem)."""
+
+
+# --------------------------------------------------------------------------- source edits
+
+
+@dataclass
+class SourceFile:
+    """A file of SRC and the edits made to it (applied bottom-up, by line)."""
+
+    rel: str
+    text: str
+    tree: ast.Module
+    edits: list[tuple[int, int, list[str]]] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, src: Path, rel: str) -> SourceFile:
+        path = src / rel
+        if not path.is_file():
+            raise AnchorError(f"{rel}: (module): file not found")
+        text = path.read_text()
+        try:
+            tree = ast.parse(text)
+        except SyntaxError as err:
+            raise AnchorError(f"{rel}: (module): cannot be parsed ({err.msg})") from err
+        return cls(rel, text, tree)
+
+    def replace(self, start: int, end: int, lines: list[str]) -> None:
+        """Replace lines ``[start, end)`` (0-based) by `lines`."""
+        self.edits.append((start, end, lines))
+
+    def result(self) -> str:
+        lines = self.text.splitlines(keepends=True)
+        for start, end, new in sorted(self.edits, key=lambda e: (e[0], e[1]), reverse=True):
+            lines[start:end] = [line + "\n" if line else "\n" for line in new]
+        return "".join(lines)
+
+
+def find_class(sf: SourceFile, name: str) -> ast.ClassDef:
+    for node in sf.tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            return node
+    raise AnchorError(f"{sf.rel}: {name}: class not found")
+
+
+def find_function(sf: SourceFile, name: str, cls: str | None = None) -> ast.FunctionDef:
+    body = find_class(sf, cls).body if cls else sf.tree.body
+    qualname = f"{cls}.{name}" if cls else name
+    found = [n for n in body if isinstance(n, ast.FunctionDef) and n.name == name]
+    if not found:
+        raise AnchorError(f"{sf.rel}: {qualname}: function not found")
+    if len(found) > 1:
+        raise AnchorError(f"{sf.rel}: {qualname}: defined {len(found)} times")
+    return found[0]
+
+
+def check_parameters(sf: SourceFile, func: ast.FunctionDef, qualname: str, expected: list[str]):
+    args = func.args
+    names = [a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]]
+    if args.vararg or args.kwarg or names != expected:
+        raise AnchorError(
+            f"{sf.rel}: {qualname}: parameters changed (expected {expected}, found {names})"
+        )
+
+
+def body_start(func: ast.FunctionDef) -> tuple[int, int]:
+    """(0-based line after the docstring, indentation of the body)."""
+    first = func.body[0]
+    if (
+        isinstance(first, ast.Expr)
+        and isinstance(first.value, ast.Constant)
+        and isinstance(first.value.value, str)
+    ):
+        if len(func.body) == 1:
+            return first.end_lineno, first.col_offset
+        return first.end_lineno, func.body[1].col_offset
+    return first.lineno - 1, first.col_offset
+
+
+def indent(block: str, col: int) -> list[str]:
+    return [(" " * col + line) if line else "" for line in textwrap.dedent(block).splitlines()]
+
+
+def insert_at_start(sf: SourceFile, func: ast.FunctionDef, block: str) -> None:
+    line, col = body_start(func)
+    lines = sf.text.splitlines()
+    blank_follows = line < len(lines) and not lines[line].strip()
+    sf.replace(line, line, indent(block, col) + ([] if blank_follows else [""]))
+
+
+GRADIENT_HOOKS = [
+    (
+        "_populate_grad_dict",
+        ["var_to_app_to_idx", "grad_dict", "wrt", "cost_name"],
+        """\
+        from pytensor.gradient_lazy import collapse_regions
+
+        # Each region of un-lowered nodes is one node whose pullback is a LazyPullback.
+        var_to_app_to_idx = collapse_regions(var_to_app_to_idx, grad_dict, wrt)
+        """,
+    ),
+    (
+        "_float_zeros_like",
+        ["x"],
+        """\
+        from pytensor.gradient_lazy import lazy_zeros_like
+
+        if (zeros := lazy_zeros_like(x)) is not None:
+            return zeros
+        """,
+    ),
+    (
+        "_float_ones_like",
+        ["x"],
+        """\
+        from pytensor.gradient_lazy import lazy_ones_like
+
+        if (ones := lazy_ones_like(x)) is not None:
+            return ones
+        """,
+    ),
+    (
+        "_pushforward_direct",
+        ["f", "wrt", "tangents", "disconnected_outputs", "return_disconnected"],
+        """\
+        from pytensor.gradient_lazy import pushforward_through_regions
+
+        rval = pushforward_through_regions(
+            f, wrt, tangents, disconnected_outputs, return_disconnected
+        )
+        if rval is not None:
+            return rval
+        """,
+    ),
+    (
+        "pushforward",
+        ["f", "wrt", "tangents", "disconnected_outputs", "return_disconnected",
+         "use_op_pushforward"],
+        """\
+        from pytensor.gradient_lazy import has_cotangent_rules, pushforward_labelled
+
+        if has_cotangent_rules(f, wrt, tangents):
+            return pushforward_labelled(
+                f, wrt, tangents, disconnected_outputs, return_disconnected, use_op_pushforward
+            )
+        """,
+    ),
+    (
+        "jacobian",
+        ["expression", "wrt", "consider_constant", "disconnected_inputs", "vectorize"],
+        """\
+        from pytensor.gradient_lazy import has_cotangent_rules
+
+        if has_cotangent_rules(expression):
+            from pytensor.xtensor.gradient import xtensor_jacobian
+
+            return xtensor_jacobian(
+                expression, wrt, consider_constant, disconnected_inputs, vectorize
+            )
+        """,
+    ),
+]
+"""``pytensor/gradient.py``: (function, its parameters, the block inserted at
+the start of its body).  Each is the in-tree form of a rebinding in
+``integration.py``: call the helper, fall through to PyTensor's own body."""
+
+
+def gradient_edits(src: Path) -> SourceFile:
+    sf = SourceFile.read(src, "pytensor/gradient.py")
+    for name, params, block in GRADIENT_HOOKS:
+        func = find_function(sf, name)
+        check_parameters(sf, func, name, params)
+        insert_at_start(sf, func, block)
+    # _populate_var_to_app_to_idx: its recursive body replaced by the same walk
+    # with loops (graphs deeper than the recursion limit).
+    func = find_function(sf, "_populate_var_to_app_to_idx")
+    check_parameters(
+        sf, func, "_populate_var_to_app_to_idx", ["outputs", "wrt", "consider_constant"]
+    )
+    start, col = body_start(func)
+    sf.replace(
+        start,
+        func.end_lineno,
+        indent(
+            """\
+            from pytensor.gradient_lazy import populate_var_to_app_to_idx
+
+            return populate_var_to_app_to_idx(outputs, wrt, consider_constant)
+            """,
+            col,
+        ),
+    )
+    return sf
+
+
+def check_jacobian_reexport(src: Path) -> None:
+    """``pytensor.tensor.jacobian`` must be ``pytensor.gradient.jacobian`` re-exported."""
+    sf = SourceFile.read(src, "pytensor/tensor/__init__.py")
+    for node in ast.walk(sf.tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "pytensor.gradient":
+            if any(a.name == "jacobian" and a.asname in (None, "jacobian") for a in node.names):
+                return
+    raise AnchorError(
+        f"{sf.rel}: jacobian: no longer re-exported from pytensor.gradient "
+        "(the patch edits only pytensor.gradient.jacobian)"
+    )
+
+
+def delegate(method: str, params: str, module: str, helper: str, call: str) -> str:
+    return f"""\
+    def {method}({params}):
+        from {module} import {helper}
+
+        return {helper}({call})
+    """
+
+
+def xtensor_edits(src: Path) -> list[SourceFile]:
+    """``Rename.pullback``, ``XOp.connection_pattern``, ``XTensorType.in_same_class``
+    and the xtensor ``vectorize_graph``."""
+    xmod = "pytensor.xtensor.rewriting.lazy_pullback"
+    basic = SourceFile.read(src, "pytensor/xtensor/basic.py")
+
+    # Rename.pullback: its body replaced (3.3's renames a dim called "dims").
+    func = find_function(basic, "pullback", cls="Rename")
+    check_parameters(basic, func, "Rename.pullback", ["self", "inputs", "outs", "g_outs"])
+    start, col = body_start(func)
+    basic.replace(
+        start,
+        func.end_lineno,
+        indent(
+            f"""\
+            from {xmod} import rename_pullback
+
+            # The cotangent is aligned to the renamed output's dims by name first.
+            return rename_pullback(self, inputs, outs, g_outs)
+            """,
+            col,
+        ),
+    )
+
+    # XOp.connection_pattern: added (after the class's last statement).
+    xop = find_class(basic, "XOp")
+    if any(isinstance(n, ast.FunctionDef) and n.name == "connection_pattern" for n in xop.body):
+        raise AnchorError(f"{basic.rel}: XOp.connection_pattern: already defined")
+    col = xop.body[-1].col_offset
+    basic.replace(
+        xop.end_lineno,
+        xop.end_lineno,
+        [""]
+        + indent(
+            delegate("connection_pattern", "self, node", xmod, "xop_connection_pattern",
+                     "self, node"),
+            col,
+        ),
+    )
+
+    # XTypeCastOp.pushforward: added (conversions are linear).
+    cast = find_class(basic, "XTypeCastOp")
+    if any(isinstance(n, ast.FunctionDef) and n.name == "pushforward" for n in cast.body):
+        raise AnchorError(f"{basic.rel}: XTypeCastOp.pushforward: already defined")
+    col = cast.body[-1].col_offset
+    basic.replace(
+        cast.end_lineno,
+        cast.end_lineno,
+        [""]
+        + indent(
+            delegate("pushforward", "self, inputs, outputs, tangents", xmod,
+                     "conversion_pushforward", "self, inputs, outputs, tangents"),
+            col,
+        ),
+    )
+
+    # XTensorFromTensor.vectorize_node: names the new dims it is not told.
+    func = find_function(basic, "vectorize_node", cls="XTensorFromTensor")
+    check_parameters(
+        basic, func, "XTensorFromTensor.vectorize_node", ["self", "node", "new_x", "new_dim"]
+    )
+    insert_at_start(
+        basic,
+        func,
+        """\
+        if new_dim is None and new_x.type.ndim > node.inputs[0].type.ndim:
+            from pytensor.xtensor.gradient import new_dim_names
+
+            new_dims = new_dim_names(self, node, new_x)
+            return [type(self)(dims=(*new_dims, *self.dims))(new_x)]
+        """,
+    )
+
+    types = SourceFile.read(src, "pytensor/xtensor/type.py")
+    xtype = find_class(types, "XTensorType")
+    if not any(isinstance(n, ast.FunctionDef) and n.name == "in_same_class" for n in xtype.body):
+        # (The add-on, too, leaves a PyTensor that defines it alone.)
+        col = xtype.body[-1].col_offset
+        types.replace(
+            xtype.end_lineno,
+            xtype.end_lineno,
+            [""]
+            + indent(
+                delegate("in_same_class", "self, otype", xmod, "xtensor_in_same_class",
+                         "self, otype"),
+                col,
+            ),
+        )
+
+    vectorization = SourceFile.read(src, "pytensor/xtensor/vectorization.py")
+    func = find_function(vectorization, "vectorize_graph")
+    check_parameters(
+        vectorization, func, "vectorize_graph", ["outputs", "replace", "new_tensor_dims"]
+    )
+    insert_at_start(
+        vectorization,
+        func,
+        """\
+        from pytensor.xtensor.gradient import expand_lazy_pullbacks_first
+
+        outputs = expand_lazy_pullbacks_first(outputs, replace)
+        """,
+    )
+    return [basic, types, vectorization]
+
+
+def add_sorted_import(src: Path, rel: str, module: str, after: str | None = None) -> SourceFile:
+    """Add ``import module`` among the file's top-level ``import`` statements.
+
+    In sorted position among the ``import pytensor...`` statements, or right
+    after ``import {after}`` if given.
+    """
+    sf = SourceFile.read(src, rel)
+    imports = [
+        n for n in sf.tree.body
+        if isinstance(n, ast.Import) and len(n.names) == 1 and n.names[0].asname is None
+    ]
+    names = [n.names[0].name for n in imports]
+    if module in names:
+        raise AnchorError(f"{rel}: import {module}: already there")
+    if after is not None:
+        if after not in names:
+            raise AnchorError(f"{rel}: import {after}: not found")
+        anchor = imports[names.index(after)]
+        sf.replace(anchor.end_lineno, anchor.end_lineno, [f"import {module}"])
+        return sf
+    siblings = [n for n, name in zip(imports, names) if name.startswith(module.rsplit(".", 1)[0])]
+    if not siblings:
+        raise AnchorError(f"{rel}: import {module.rsplit('.', 1)[0]}.*: no such imports")
+    later = [n for n in siblings if n.names[0].name > module]
+    if later:
+        sf.replace(later[0].lineno - 1, later[0].lineno - 1, [f"import {module}"])
+    else:
+        sf.replace(siblings[-1].end_lineno, siblings[-1].end_lineno, [f"import {module}"])
+    return sf
+
+
+def import_edits(src: Path) -> list[SourceFile]:
+    """The imports that make the new modules' registrations run."""
+    return [
+        # expand_lazy_pullback in optdb, LazyPullback's vectorize_node.
+        add_sorted_import(
+            src, "pytensor/tensor/rewriting/__init__.py", "pytensor.tensor.rewriting.lazy_pullback"
+        ),
+        # XOp & co. as un-lowered, the expansion inside lower_xtensor.
+        add_sorted_import(
+            src, "pytensor/xtensor/rewriting/__init__.py",
+            "pytensor.xtensor.rewriting.lazy_pullback",
+        ),
+        # The expansion vectorizer for xtensor.
+        add_sorted_import(
+            src, "pytensor/xtensor/__init__.py", "pytensor.xtensor.gradient",
+            after="pytensor.xtensor.rewriting",
+        ),
+    ]
+
+
+def doc_index_edit(src: Path) -> SourceFile:
+    rel = DOC_INDEX
+    path = src / rel
+    if not path.is_file():
+        raise AnchorError(f"{rel}: toctree: file not found")
+    text = path.read_text()
+    sf = SourceFile(rel, text, ast.Module(body=[], type_ignores=[]))
+    lines = text.splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == ":::{toctree}")
+        end = next(i for i in range(start + 1, len(lines)) if lines[i].strip() == ":::")
+    except StopIteration:
+        raise AnchorError(f"{rel}: toctree: no ':::{{toctree}}' ... ':::' block") from None
+    sf.replace(end, end, ["lazy_pullback"])
+    return sf
+
+
+# --------------------------------------------------------------------------- new modules
+
+
+def dotted(path: str) -> str:
+    return path.removesuffix(".py").replace("/", ".")
+
+
+def module_paths() -> dict[str, str]:
+    """``pytensor_lazy_pullback.X`` -> in-tree dotted path, and public names."""
+    mapping = {
+        f"pytensor_lazy_pullback.{name.removesuffix('.py')}": dotted(home)
+        for name, home in MODULES.items()
+    }
+    for public, module in PUBLIC_NAMES.items():
+        mapping[f"pytensor_lazy_pullback.{public}"] = f"{dotted(MODULES[module])}.{public}"
+    return mapping
+
+
+def rewrite_names(text: str) -> str:
+    """Rewrite ``pytensor_lazy_pullback.X`` (imports, docstrings, messages) to in-tree paths."""
+    mapping = module_paths()
+    pattern = re.compile(
+        r"pytensor_lazy_pullback\.(" + "|".join(
+            re.escape(k.split(".", 1)[1]) for k in sorted(mapping, key=len, reverse=True)
+        ) + r")\b"
+    )
+    return pattern.sub(lambda m: mapping[f"pytensor_lazy_pullback.{m[1]}"], text)
+
+
+def in_tree_module(name: str) -> str:
+    text = (PACKAGE / name).read_text()
+    tree = ast.parse(text)
+    doc = ast.get_docstring(tree, clean=False)
+    if doc is None or "Upstream home:" not in doc:
+        raise AnchorError(f"pytensor_lazy_pullback/{name}: (docstring): no 'Upstream home:'")
+    # The module's own "Upstream home: ..." paragraph: in the tree, it is there.
+    new_doc = re.sub(r"\n*Upstream home:.*?(?=\n\n|\Z)", "", doc, count=1, flags=re.S)
+    text = text.replace(doc, new_doc, 1)
+    # Elsewhere (helpers called from a PyTensor method): say who calls them.
+    text = text.replace("Upstream home:", "Called from")
+    return rewrite_names(text)
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def helper_import_prefix(src: Path) -> str:
+    """How a test under tests/xtensor imports the helper module next to it.
+
+    Without ``tests/xtensor/__init__.py`` (the sdist), pytest puts the test's
+    directory on ``sys.path``; with it (a git checkout), tests are a package.
+    """
+    if (src / TEST_DIR / "__init__.py").is_file():
+        return f"tests.xtensor.{HELPER}"
+    return HELPER
+
+
+def rewrite_test_imports(text: str, tree: ast.Module, helper: str, rel: str) -> str:
+    """Rewrite the imports of this package and of ``reference`` in a test module."""
+    lines = text.splitlines(keepends=True)
+    edits = []
+    for node in tree.body:
+        new = None
+        if isinstance(node, ast.ImportFrom) and node.module == "reference":
+            new = f"from {helper} import " + ", ".join(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module == "pytensor_lazy_pullback":
+            by_module: dict[str, list[str]] = {}
+            for alias in node.names:
+                if alias.name == "integration":
+                    continue  # used only by tests left out (checked below)
+                if alias.name == "integration_disabled":
+                    by_module.setdefault(helper, []).append(alias.name)
+                elif alias.name in PUBLIC_NAMES:
+                    home = dotted(MODULES[PUBLIC_NAMES[alias.name]])
+                    by_module.setdefault(home, []).append(alias.name)
+                else:
+                    raise AnchorError(
+                        f"tests/{rel}: import {alias.name}: not a public name of the package"
+                    )
+            new = "\n".join(
+                f"from {mod} import {', '.join(names)}" for mod, names in by_module.items()
+            )
+        elif isinstance(node, ast.Import) and any(
+            a.name.split(".")[0] == "pytensor_lazy_pullback" for a in node.names
+        ):
+            [alias] = node.names
+            if alias.name == "pytensor_lazy_pullback":
+                new = ""  # `import pytensor_lazy_pullback as plp`: enable/disable only
+            else:
+                new = f"import {rewrite_names(alias.name)} as {alias.asname}"
+        if new is not None:
+            edits.append((node.lineno - 1, node.end_lineno, new))
+    for start, end, new in reversed(edits):
+        lines[start:end] = [new + "\n"] if new else []
+    return "".join(lines)
+
+
+def in_tree_test(name: str, helper: str) -> str:
+    text = (REPO / "tests" / name).read_text()
+    tree = ast.parse(text)
+    lines = text.splitlines(keepends=True)
+    dropped = []
+    for node in reversed(tree.body):
+        if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
+            start = (node.decorator_list[0].lineno if node.decorator_list else node.lineno) - 1
+            source = "".join(lines[start : node.end_lineno])
+            if EXCLUDED_TEST.search(source):
+                dropped.append(node.name)
+                end = node.end_lineno
+                while end < len(lines) and not lines[end].strip():
+                    end += 1  # and the blank lines after it
+                del lines[start:end]
+    text = "".join(lines)
+    # Imports only the left-out tests used.
+    tree = ast.parse(text)
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    for module in ("subprocess", "sys", "textwrap"):
+        if module not in used:
+            text = re.sub(rf"^import {module}\n", "", text, flags=re.M)
+    text = re.sub(r'^("""[^\n]*"""\n)\n\n+', r"\1\n", text)
+    tree = ast.parse(text)
+    text = rewrite_test_imports(text, tree, helper, name)
+    fixtures = "fail_on_logged_rewrite_failure, on_opt_error, default_rewrite_config"
+    text = _after_imports(
+        text, f"from {helper} import {fixtures}  # noqa: F401  (fixtures)\n"
+    )
+    for leftover in ("plp.", "integration."):
+        if leftover in text:
+            raise AnchorError(f"tests/{name}: {leftover}: still used after leaving tests out")
+    return text
+
+
+def _after_imports(text: str, line: str) -> str:
+    tree = ast.parse(text)
+    last = max(
+        n.end_lineno for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)
+    )
+    lines = text.splitlines(keepends=True)
+    lines.insert(last, line)
+    return "".join(lines)
+
+
+def helper_module() -> str:
+    """tests/reference.py and tests/conftest.py's fixtures, as one helper module."""
+    reference = (REPO / "tests" / "reference.py").read_text()
+    tree = ast.parse(reference)
+    reference = rewrite_test_imports(reference, tree, HELPER, "reference.py")
+    conftest = (REPO / "tests" / "conftest.py").read_text()
+    ctree = ast.parse(conftest)
+    body_start_line = min(
+        n.lineno for n in ctree.body
+        if not isinstance(n, ast.Import | ast.ImportFrom | ast.Expr)
+    )
+    fixtures = "".join(conftest.splitlines(keepends=True)[body_start_line - 1 :])
+    fixtures = fixtures.replace("def _default_rewrite_config", "def default_rewrite_config")
+    doc = ast.get_docstring(ctree)
+    head, rest = reference.split('"""', 2)[1], reference.split('"""', 2)[2]
+    first, _, others = doc.partition("\n\n")
+    new_doc = (
+        f"{head.strip()}\n\n"
+        + textwrap.fill(f"It also holds the fixtures of these tests. {first}", 79)
+        + f"\n\n{others}\n"
+    )
+    text = f'"""{new_doc}"""' + rest
+    for anchor, added in (
+        ("from collections.abc import", "import logging\nfrom contextlib import contextmanager\n"),
+        ("import pytensor.xtensor as px\n", "import pytest\n"),
+    ):
+        at = text.index(anchor)
+        text = text[:at] + added + text[at:] if anchor.startswith("from") else (
+            text[: at + len(anchor)] + added + text[at + len(anchor) :]
+        )
+    text += (
+        "\n\n@contextmanager\n"
+        "def integration_disabled():\n"
+        '    """Nothing to switch off: PyTensor\'s own gradient is the lazy one."""\n'
+        "    yield\n\n\n" + fixtures
+    )
+    return text
+
+
+# --------------------------------------------------------------------------- documentation
+
+
+DOC_REPLACEMENTS = [
+    ("The add-on then looks", "`pytensor.grad` then looks"),
+    ("`pytensor_lazy_pullback.expand_lazy_pullbacks(", "`pytensor.tensor.rewriting.lazy_pullback.expand_lazy_pullbacks("),
+    ("the add-on returns a zero gradient", "`pytensor.grad` returns a zero gradient"),
+    ("with the add-on, `pytensor.gradient.jacobian`", "`pytensor.gradient.jacobian`"),
+    ("(see the API page)", ""),
+    ("`pytensor.xtensor.vectorization.vectorize_graph` is rebound to expand lazy\n"
+     "  pullbacks first; code that imported it by name before the add-on gets the\n"
+     "  per-node expansion, which cannot name a dim introduced only by plain tensors.\n",
+     "`pytensor.xtensor.vectorization.vectorize_graph` expands lazy pullbacks first.\n"),
+    ("step; the add-on never modifies the user's graph.", "step; `pytensor.grad` never modifies the user's graph."),
+]
+
+
+def doc_page() -> str:
+    """One page from doc/index.md, how_it_works.md, migrating.md and differences.md."""
+    doc = REPO / "doc"
+
+    def sections(name: str, drop: tuple[str, ...] = ()) -> str:
+        text = (doc / name).read_text()
+        text = text.split("\n", 1)[1]  # its title
+        parts = re.split(r"(?m)^(?=## )", text)
+        kept = [p for p in parts if not p.startswith(tuple(f"## {d}" for d in drop))]
+        return "".join(kept).strip() + "\n"
+
+    index = (doc / "index.md").read_text()
+    intro = index.split("```{toctree}")[0].split("\n", 1)[1].strip()
+    problem = index.split("```", 3)[3] if index.count("```") >= 4 else ""
+    migrating = (doc / "migrating.md").read_text().split("\n", 1)[1]
+    migrating = re.sub(r"With the add-on imported:\n\n```python\nimport pytensor_lazy_pullback  # once\n\n",
+                       "Now:\n\n```python\n", migrating)
+    page = (
+        "(libdoc_xtensor_lazy_pullback)=\n"
+        "# Gradients of xtensor graphs: `LazyPullback`\n\n"
+        f"{intro}\n\n"
+        "`pytensor.grad` goes through un-lowered xtensor Ops lazily: each region of them on\n"
+        "the gradient's path becomes one `LazyPullback` node, expanded into the ordinary\n"
+        "tensor pullback by the `expand_lazy_pullback` rewrite, just before `lower_xtensor`,\n"
+        "when the gradient is compiled.\n\n"
+        + sections("how_it_works.md", drop=("Where the pieces live",))
+        + "\n## Migrating from `rewrite_graph(..., include=(\"lower_xtensor\",))`\n"
+        + migrating
+        + "\n## Known differences from lowering first\n"
+        + sections("differences.md")
+    )
+    del problem
+    for old, new in DOC_REPLACEMENTS:
+        page = page.replace(old, new)
+    page = rewrite_names(page)
+    for word in ("add-on", "import pytensor_lazy_pullback", "enable()", "disable()"):
+        if word in page:
+            line = next(line for line in page.splitlines() if word in line)
+            raise AnchorError(f"doc/: (page): {word!r} left in the in-tree page: {line.strip()}")
+    return page
+
+
+# --------------------------------------------------------------------------- the patch
+
+
+def unified(rel: str, old: str | None, new: str) -> str:
+    a = [] if old is None else old.splitlines(keepends=True)
+    b = new.splitlines(keepends=True)
+    for lines in (a, b):
+        if lines and not lines[-1].endswith("\n"):
+            lines[-1] += "\n\\ No newline at end of file\n"
+    header = f"diff --git a/{rel} b/{rel}\n"
+    if old is None:
+        header += "new file mode 100644\n"
+    body = difflib.unified_diff(
+        a, b, "/dev/null" if old is None else f"a/{rel}", f"b/{rel}", n=3
+    )
+    return header + "".join(body)
+
+
+FORBIDDEN = [
+    (re.compile(r"\bpytensor_lazy_pullback\b"), "a reference to the add-on"),
+    (re.compile(r"\bsetattr\((pytensor|gradient|pt|Rename|XOp|XTensorType)\b"), "a setattr on PyTensor"),
+    (re.compile(r"__version__|check_pytensor|SUPPORTED_PYTENSOR"), "a version check"),
+]
+
+
+def build_patch(src: Path) -> tuple[str, dict]:
+    """The patch text and its size: files, lines added, lines changed in PyTensor's files."""
+    if not (src / "pytensor" / "__init__.py").is_file() or not (src / "pytensor" / "gradient.py").is_file():
+        raise AnchorError(f"{src}: (tree): not a PyTensor source tree (no pytensor/gradient.py)")
+    for module in MODULES:
+        if module in ADDON_ONLY:
+            raise AssertionError(module)
+    missing = sorted(
+        p.name for p in PACKAGE.glob("*.py") if p.name not in MODULES and p.name not in ADDON_ONLY
+    )
+    if missing:
+        raise AnchorError(f"pytensor_lazy_pullback/{missing[0]}: (module): no in-tree home in MODULES")
+
+    check_jacobian_reexport(src)
+    edited = [gradient_edits(src), *xtensor_edits(src), *import_edits(src), doc_index_edit(src)]
+    new_files: dict[str, str] = {}
+    for name, home in MODULES.items():
+        if (src / home).exists():
+            raise AnchorError(f"{home}: (module): already exists in SRC")
+        new_files[home] = in_tree_module(name)
+    helper = helper_import_prefix(src)
+    for name, target in TESTS.items():
+        new_files[f"{TEST_DIR}/{target}"] = in_tree_test(name, helper)
+    new_files[f"{TEST_DIR}/{HELPER}.py"] = helper_module()
+    new_files[DOC_PAGE] = doc_page()
+    for rel in new_files:
+        if (src / rel).exists():
+            raise AnchorError(f"{rel}: (file): already exists in SRC")
+
+    chunks = []
+    changed_lines = 0
+    for sf in sorted(edited, key=lambda s: s.rel):
+        new = sf.result()
+        diff = unified(sf.rel, sf.text, new)
+        chunks.append(diff)
+        changed_lines += sum(
+            1 for line in diff.splitlines()
+            if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))
+        )
+    for rel in sorted(new_files):
+        chunks.append(unified(rel, None, new_files[rel]))
+    patch = "".join(chunks)
+
+    added = [
+        line[1:] for line in patch.splitlines()
+        if line.startswith("+") and not line.startswith("+++")
+    ]
+    for line in added:
+        for pattern, what in FORBIDDEN:
+            if pattern.search(line):
+                raise AssertionError(f"the patch would contain {what}: {line.strip()!r}")
+    size = {
+        "files": len(edited) + len(new_files),
+        "new_files": len(new_files),
+        "edited_files": len(edited),
+        "lines_added": len(added),
+        "lines_changed_in_pytensor": changed_lines,
+        "lines_added_to_pytensor_files": sum(
+            1 for sf in edited for line in unified(sf.rel, sf.text, sf.result()).splitlines()
+            if line.startswith("+") and not line.startswith("+++")
+        ),
+        "new_lines": {
+            kind: sum(
+                len(text.splitlines()) for rel, text in new_files.items()
+                if rel.startswith(prefix)
+            )
+            for kind, prefix in (("modules", "pytensor/"), ("tests", "tests/"), ("doc", "doc/"))
+        },
+    }
+    size["lines_removed_from_pytensor_files"] = (
+        size["lines_changed_in_pytensor"] - size["lines_added_to_pytensor_files"]
+    )
+    return patch, size
+
+
+def describe(size: dict) -> str:
+    new = size["new_lines"]
+    return (
+        f"{size['files']} files ({size['new_files']} new: {new['modules']} lines of modules, "
+        f"{new['tests']} of tests, {new['doc']} of doc; {size['edited_files']} of PyTensor's "
+        f"edited), {size['lines_added']} lines added, {size['lines_changed_in_pytensor']} lines "
+        f"changed in PyTensor's files (+{size['lines_added_to_pytensor_files']} "
+        f"-{size['lines_removed_from_pytensor_files']})"
+    )
+
+
+def default_source() -> tuple[Path, Path]:
+    """The installed pytensor's sdist, unpacked into the cache; and a default output path."""
+    version = importlib.metadata.version("pytensor")
+    cache = pytensor_suites.cache_dir()
+    sdist = pytensor_suites.fetch_sdist(version, cache)
+    tree = pytensor_suites.unpacked_sdist(sdist, cache)
+    out = REPO / "build" / "upstream" / f"pytensor-{version}-lazy-pullback.patch"
+    return tree, out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("src", nargs="?", type=Path, help="PyTensor source tree")
+    parser.add_argument("out", nargs="?", type=Path, help="where to write the patch")
+    args = parser.parse_args(argv)
+    if (args.src is None) != (args.out is None):
+        parser.error("give both SRC and OUT, or neither")
+    if args.src is None:
+        try:
+            src, out = default_source()
+        except pytensor_suites.IndexUnreachable as exc:
+            print(f"SKIP: {exc}", file=sys.stderr)
+            return pytensor_suites.EXIT_UNREACHABLE
+        except pytensor_suites.RunnerError as exc:
+            print(f"upstream: {exc}", file=sys.stderr)
+            return 2
+    else:
+        src, out = args.src, args.out
+    try:
+        patch, size = build_patch(src.resolve())
+    except AnchorError as exc:
+        print(f"upstream: {exc}", file=sys.stderr)
+        return 1
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(patch)
+    print(f"wrote {out}: {describe(size)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,291 @@
+#!/usr/bin/env python
+"""Check the in-tree patch with PyTensor's own suites, in a PyTensor without the add-on.
+
+1. Generates the patch (``scripts/upstream.py``) against the sdist of the
+   installed pytensor (cached like ``scripts/pytensor_suites.py`` does).
+2. Checks that it applies cleanly (``patch -p1 --dry-run``) to the oldest and the
+   newest 3.3.x sdists on the package index, and (``git apply --check``) to the
+   installed version's.
+3. Applies it in a temporary copy of the tree and installs that copy, without
+   this package, into a venv (``python -m venv``; ``pip install ./patched pytest
+   hypothesis scipy``), cached under the patch's hash.
+4. Runs there PyTensor's ``tests/test_gradient.py`` and ``tests/test_rop.py``
+   and compares the failing test ids with those of the unpatched PyTensor (the
+   installed one, same version), runs the patch's own tests under
+   ``tests/xtensor/`` (all must pass), and runs ``examples/demo.py`` with its
+   ``import pytensor_lazy_pullback`` line removed (must exit 0).
+
+Usage::
+
+    python scripts/upstream_check.py [--keep] [--linker py]
+
+Cache: ``$PYTENSOR_SUITES_CACHE`` (default ``~/.cache/pytensor-lazy-pullback/sdists``):
+sdists, unpacked trees, ``pip index versions`` (one day) and ``venvs/<hash>``.
+
+Exit status: 0 all good; 1 a regression, a failing patch test, a failing demo or
+a patch that does not apply; 2 the runner itself failed; 3 something is not
+cached and the package index cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SCRIPTS = Path(__file__).resolve().parent
+REPO = SCRIPTS.parent
+sys.path.insert(0, str(SCRIPTS))
+
+import pytensor_suites as suites  # noqa: E402
+import upstream  # noqa: E402
+from pytensor_suites import IndexUnreachable, RunnerError, log  # noqa: E402
+
+SERIES = "3.3"
+VENV_PACKAGES = ["pytest", "hypothesis", "scipy"]
+KEEP_VENVS = 2
+EXIT_OK, EXIT_FAIL, EXIT_ERROR, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, **kwargs)
+
+
+def series_versions(cache: Path) -> list[str]:
+    """The 3.3.x releases on the index (``pip index versions``), cached for a day."""
+    cached = cache / f"pytensor-{SERIES}-versions.json"
+    if cached.is_file() and time.time() - cached.stat().st_mtime < 86400:
+        return json.loads(cached.read_text())
+    proc = run([
+        sys.executable, "-m", "pip", "index", "versions", "pytensor",
+        "--retries", "2", "--timeout", "30",
+    ])
+    output = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        if cached.is_file():
+            return json.loads(cached.read_text())
+        if suites.UNREACHABLE_PATTERNS.search(output):
+            raise IndexUnreachable(f"pip index versions pytensor: {output.strip()[-300:]}")
+        raise RunnerError(f"pip index versions pytensor failed: {output.strip()[-300:]}")
+    match = re.search(r"Available versions:\s*(.*)", output)
+    if not match:
+        raise RunnerError(f"cannot read pip index versions' output: {output.strip()[:300]}")
+    versions = [
+        v.strip() for v in match[1].split(",")
+        if re.fullmatch(rf"{re.escape(SERIES)}\.\d+", v.strip())
+    ]
+    versions.sort(key=lambda v: int(v.rsplit(".", 1)[1]))
+    if not versions:
+        raise RunnerError(f"no pytensor {SERIES}.x release on the index")
+    cache.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps(versions))
+    return versions
+
+
+def check_applies(patch_file: Path, version: str, cache: Path) -> str | None:
+    """``None`` if the patch applies cleanly to pytensor==version's sdist, else why not."""
+    tree = suites.unpacked_sdist(suites.fetch_sdist(version, cache), cache)
+    proc = run(["patch", "-p1", "--dry-run", "-f", "-s", "-i", str(patch_file)], cwd=tree)
+    if proc.returncode != 0:
+        return (proc.stdout + proc.stderr).strip().splitlines()[-1] if (
+            proc.stdout + proc.stderr
+        ).strip() else f"patch exited {proc.returncode}"
+    text = (proc.stdout + proc.stderr).strip()
+    if re.search(r"offset|fuzz", text, re.I):
+        return f"applies only with offsets or fuzz: {text.splitlines()[0]}"
+    return None
+
+
+def patched_venv(patched: Path, key: str, cache: Path) -> tuple[Path, bool]:
+    """A venv with the patched PyTensor installed (cached by `key`); and whether it was cached."""
+    venvs = cache / "venvs"
+    venv = venvs / key
+    python = venv / "bin" / "python"
+    if (venv / ".complete").is_file() and python.is_file():
+        os.utime(venv)
+        return python, True
+    shutil.rmtree(venv, ignore_errors=True)
+    venvs.mkdir(parents=True, exist_ok=True)
+    proc = run([sys.executable, "-m", "venv", str(venv)])
+    if proc.returncode != 0:
+        raise RunnerError(f"python -m venv failed: {proc.stderr.strip()[-500:]}")
+    proc = run([
+        str(python), "-m", "pip", "install", "--quiet", "--retries", "2", "--timeout", "60",
+        str(patched), *VENV_PACKAGES,
+    ])
+    if proc.returncode != 0:
+        output = proc.stdout + proc.stderr
+        shutil.rmtree(venv, ignore_errors=True)
+        if suites.UNREACHABLE_PATTERNS.search(output):
+            raise IndexUnreachable(f"pip install into the venv: {output.strip()[-300:]}")
+        raise RunnerError(f"pip install of the patched tree failed:\n{output.strip()[-1500:]}")
+    (venv / ".complete").write_text(key + "\n")
+    # Keep the most recent venvs only.
+    others = sorted(
+        (p for p in venvs.iterdir() if p.is_dir() and p != venv),
+        key=lambda p: p.stat().st_mtime, reverse=True,
+    )
+    for old in others[KEEP_VENVS - 1 :]:
+        shutil.rmtree(old, ignore_errors=True)
+    return python, False
+
+
+def venv_facts(python: Path) -> dict:
+    code = (
+        "import importlib.util, json, pytensor, pytensor.gradient_lazy; "
+        "print(json.dumps({'file': pytensor.__file__, 'version': pytensor.__version__, "
+        "'addon': importlib.util.find_spec('pytensor_lazy_pullback') is not None}))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = run([str(python), "-c", code], cwd=tempfile.gettempdir(), env=env)
+    if proc.returncode != 0:
+        raise RunnerError(f"the patched PyTensor does not import:\n{proc.stderr.strip()[-1500:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_demo(python: Path, workdir: Path) -> tuple[bool, str]:
+    source = (REPO / "examples" / "demo.py").read_text()
+    stripped, n = re.subn(r"(?m)^import pytensor_lazy_pullback.*\n", "", source)
+    if n != 1:
+        raise RunnerError("examples/demo.py has no single 'import pytensor_lazy_pullback' line")
+    demo = workdir / "demo.py"
+    demo.write_text(stripped)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = run([str(python), str(demo)], cwd=workdir, env=env, timeout=900)
+    output = (proc.stdout + proc.stderr).strip()
+    return proc.returncode == 0, output
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--linker", default="py",
+        help="pytensor linker for PyTensor's suites (default: %(default)s, as "
+        "scripts/pytensor_suites.py); the patch's own tests run with PyTensor's defaults",
+    )
+    args = parser.parse_args(argv)
+    start = time.monotonic()
+    cache = suites.cache_dir()
+    version = importlib.metadata.version("pytensor")
+    log(f"pytensor {version} ({sys.executable}); cache {cache}")
+    workdir = Path(tempfile.mkdtemp(prefix="upstream-check-"))
+    failures: list[str] = []
+    try:
+        tree = suites.unpacked_sdist(suites.fetch_sdist(version, cache), cache)
+        try:
+            patch, size = upstream.build_patch(tree)
+        except upstream.AnchorError as exc:
+            raise RunnerError(f"upstream: {exc}") from exc
+        patch_file = workdir / "lazy_pullback.patch"
+        patch_file.write_text(patch)
+        key = f"pytensor-{version}-{hashlib.sha256(patch.encode()).hexdigest()[:16]}"
+        log(f"patch: {upstream.describe(size)} ({key})")
+
+        # Applies cleanly: git apply on the installed version, patch -p1 on the series' ends.
+        proc = run(["git", "apply", "--check", "-p1", str(patch_file)], cwd=tree)
+        if proc.returncode != 0:
+            failures.append(f"git apply --check on {version}: {proc.stderr.strip()[-300:]}")
+        versions = series_versions(cache)
+        ends = list(dict.fromkeys([versions[0], versions[-1]]))
+        for v in ends:
+            problem = check_applies(patch_file, v, cache)
+            log(f"patch -p1 --dry-run on pytensor {v}: {'clean' if problem is None else problem}")
+            if problem is not None:
+                failures.append(f"does not apply cleanly to pytensor {v}: {problem}")
+
+        patched = workdir / "patched"
+        shutil.copytree(tree, patched, symlinks=True)
+        proc = run(["patch", "-p1", "-s", "-i", str(patch_file)], cwd=patched)
+        if proc.returncode != 0:
+            raise RunnerError(f"the patch does not apply to {version}: {proc.stdout}{proc.stderr}")
+
+        t0 = time.monotonic()
+        python, cached = patched_venv(patched, key, cache)
+        facts = venv_facts(python)
+        log(
+            f"venv: {python.parent.parent} ({'cached' if cached else 'built'} in "
+            f"{time.monotonic() - t0:.0f} s); pytensor {facts['version']} from {facts['file']}"
+        )
+        if facts["addon"]:
+            raise RunnerError("pytensor_lazy_pullback is importable in the patched venv")
+        if facts["version"] != version:
+            raise RunnerError(f"the venv has pytensor {facts['version']}, expected {version}")
+
+        # PyTensor's suites: unpatched (installed PyTensor, same version) vs patched.
+        suites.extract_suites(suites.fetch_sdist(version, cache), workdir)
+        suites.install_support(workdir)
+        suites.check_helpers(workdir)
+        plain = suites.run_suites(workdir, "plain", [], args.linker)
+        on_patched = suites.run_suites(workdir, "patched", [], args.linker, python=str(python))
+        regressions, missing, tolerated, fixed, _ = suites.compare(
+            plain["outcomes"], on_patched["outcomes"]
+        )
+        # The patch's own tests, with PyTensor's default configuration.
+        own_dir = workdir / "own"
+        shutil.copytree(patched / upstream.TEST_DIR, own_dir / upstream.TEST_DIR)
+        shutil.copyfile(suites.SUPPORT / "suite_pytest.ini", own_dir / "pytest.ini")
+        own = suites.run_suites(
+            own_dir, "patched", [], "default", python=str(python),
+            suites=(upstream.TEST_DIR,), conftest=False,
+        )
+        own_failing = sorted(t for t, o in own["outcomes"].items() if o in suites.FAILING)
+
+        log("\n=== demo (examples/demo.py without its import of the add-on) ===")
+        t0 = time.monotonic()
+        demo_ok, demo_output = run_demo(python, workdir)
+        log("\n".join(demo_output.splitlines()[-5:]))
+        log(f"demo {'exit 0' if demo_ok else 'FAILED'} ({time.monotonic() - t0:.0f} s)")
+    except IndexUnreachable as exc:
+        log(f"SKIP: {exc}")
+        return EXIT_UNREACHABLE
+    except RunnerError as exc:
+        log(f"ERROR: {exc}")
+        return EXIT_ERROR
+    finally:
+        if args.keep:
+            log(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    log("\n=== Summary ===")
+    log(f"PyTensor suites, unpatched: {suites.counts_line(plain['outcomes'])} ({plain['seconds']:.0f} s)")
+    log(f"PyTensor suites, patched:   {suites.counts_line(on_patched['outcomes'])} ({on_patched['seconds']:.0f} s)")
+    log(f"patch's own tests, patched: {suites.counts_line(own['outcomes'])} ({own['seconds']:.0f} s)")
+    for t in tolerated:
+        log(f"  failing on both trees (tolerated): {t}")
+    for t in fixed:
+        log(f"  failing on the unpatched tree only: {t}")
+    for t in regressions:
+        failures.append(f"regression: {t} ({plain['outcomes'].get(t, 'absent')} -> {on_patched['outcomes'][t]})")
+        for line in on_patched["messages"].get(t, "").splitlines():
+            log(f"      | {line[:200]}")
+    for t in missing:
+        failures.append(f"not run on the patched tree: {t}")
+    for t in own_failing:
+        failures.append(f"patch test fails: {t}")
+        for line in own["messages"].get(t, "").splitlines():
+            log(f"      | {line[:200]}")
+    if not demo_ok:
+        failures.append("examples/demo.py fails on the patched PyTensor")
+        log(demo_output[-3000:])
+    for failure in failures:
+        log(f"FAIL: {failure}")
+    if not failures:
+        log("upstream patch OK: applies cleanly, no regression in PyTensor's suites, "
+            "its own tests pass, the demo runs")
+    log(f"total time {time.monotonic() - start:.1f} s")
+    return EXIT_FAIL if failures else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
