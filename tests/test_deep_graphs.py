@@ -42,9 +42,18 @@ PY = Mode(linker="py", optimizer=None)
 
 @pytest.fixture(autouse=True)
 def _recursion_limit_unchanged():
-    """Nothing here may raise Python's recursion limit (the conftest checks the rewrite log)."""
-    yield
-    assert sys.getrecursionlimit() == LIMIT
+    """Each test runs at the limit ``import pytensor`` sets, which nothing may raise.
+
+    (Another test's tool, e.g. hypothesis, may have left a higher one.)  The
+    conftest checks the rewrite log.
+    """
+    before = sys.getrecursionlimit()
+    sys.setrecursionlimit(LIMIT)
+    try:
+        yield
+        assert sys.getrecursionlimit() == LIMIT
+    finally:
+        sys.setrecursionlimit(before)
 
 
 def drift_chain(steps):
