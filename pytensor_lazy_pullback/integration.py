@@ -163,17 +163,7 @@ def _overrides() -> list[tuple[object, str, Callable]]:
 
     from pytensor_lazy_pullback import xtensor, xtensor_transforms
 
-    def jacobian(
-        expression, wrt, consider_constant=None, disconnected_inputs="raise", vectorize=False
-    ):
-        result = xtensor_transforms.xtensor_jacobian(
-            expression, wrt, consider_constant, disconnected_inputs, vectorize
-        )
-        if result is None:
-            result = _originals["jacobian"](
-                expression, wrt, consider_constant, disconnected_inputs, vectorize
-            )
-        return result
+    jacobian = _helper_first(xtensor_transforms.xtensor_jacobian, "jacobian")
 
     original_vectorize_graph = xvectorization.vectorize_graph
 
@@ -187,9 +177,13 @@ def _overrides() -> list[tuple[object, str, Callable]]:
     overrides = [
         (gradient, "_populate_var_to_app_to_idx", _op.populate_var_to_app_to_idx),
         (gradient, "_populate_grad_dict", _populate_grad_dict),
-        (gradient, "_float_zeros_like", _float_zeros_like),
-        (gradient, "_float_ones_like", _float_ones_like),
-        (gradient, "_pushforward_direct", _pushforward_direct),
+        (gradient, "_float_zeros_like", _helper_first(_op.lazy_zeros_like, "_float_zeros_like")),
+        (gradient, "_float_ones_like", _helper_first(_op.lazy_ones_like, "_float_ones_like")),
+        (
+            gradient,
+            "_pushforward_direct",
+            _helper_first(_op.pushforward_through_regions, "_pushforward_direct"),
+        ),
         (gradient, "pushforward", pushforward),
         (gradient, "jacobian", jacobian),
         (pt, "jacobian", jacobian),
@@ -258,25 +252,22 @@ def _populate_grad_dict(var_to_app_to_idx, grad_dict, wrt, cost_name=None):
     return _originals["_populate_grad_dict"](var_to_app_to_idx, grad_dict, wrt, cost_name)
 
 
-def _float_zeros_like(x):
-    zeros = _op.lazy_zeros_like(x)
-    return zeros if zeros is not None else _originals["_float_zeros_like"](x)
+def _helper_first(helper: Callable, name: str) -> Callable:
+    """PyTensor's ``gradient.<name>``, after `helper`, whose non-``None`` result wins.
 
+    The in-tree form of each such rebinding is one branch at the start of the
+    function (see ``scripts/upstream.py``).
+    """
 
-def _float_ones_like(x):
-    ones = _op.lazy_ones_like(x)
-    return ones if ones is not None else _originals["_float_ones_like"](x)
+    signature = inspect.signature(_originals[name])
 
+    def rebound(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        result = helper(*bound.args)
+        return result if result is not None else _originals[name](*bound.args)
 
-def _pushforward_direct(f, wrt, tangents, disconnected_outputs, return_disconnected):
-    result = _op.pushforward_through_regions(
-        f, wrt, tangents, disconnected_outputs, return_disconnected
-    )
-    if result is None:
-        result = _originals["_pushforward_direct"](
-            f, wrt, tangents, disconnected_outputs, return_disconnected
-        )
-    return result
+    return rebound
 
 
 def pushforward(

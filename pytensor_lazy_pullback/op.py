@@ -100,6 +100,24 @@ class LazyRegionOp(HasInnerGraph, Op):
         # The inner graph is frozen: there is nothing to copy.
         return self
 
+    def _split_inputs(self, inputs, aligned_to, kind: str):
+        """The node's region inputs (filtered) and its (co)tangents, aligned to `aligned_to`."""
+        n_in = len(self.fgraph.inputs)
+        if len(inputs) != n_in + len(aligned_to):
+            raise TypeError(
+                f"{self} expects {n_in} region input(s) followed by {len(aligned_to)} "
+                f"{kind}(s), got {len(inputs)} variable(s)"
+            )
+        region_inputs = [
+            inner.type.filter_variable(outer)
+            for inner, outer in zip(self.fgraph.inputs, inputs[:n_in], strict=True)
+        ]
+        given = [
+            align_cotangent(var, value)
+            for var, value in zip(aligned_to, inputs[n_in:], strict=True)
+        ]
+        return region_inputs, given
+
     def perform(self, node, inputs, output_storage):
         raise LazyPullbackNotExpandedError(
             f"{self} reached a linker without being expanded. It is expanded by the "
@@ -140,21 +158,7 @@ class LazyPullback(LazyRegionOp):
 
     def make_node(self, *inputs: Variable) -> Apply:
         inner_inputs = self.fgraph.inputs
-        inner_outputs = self.fgraph.outputs
-        n_in, n_out = len(inner_inputs), len(inner_outputs)
-        if len(inputs) != n_in + n_out:
-            raise TypeError(
-                f"{self} expects {n_in} region input(s) followed by {n_out} "
-                f"cotangent(s), got {len(inputs)} variable(s)"
-            )
-        region_inputs = [
-            inner.type.filter_variable(outer)
-            for inner, outer in zip(inner_inputs, inputs[:n_in], strict=True)
-        ]
-        cotangents = [
-            align_cotangent(inner, cotangent)
-            for inner, cotangent in zip(inner_outputs, inputs[n_in:], strict=True)
-        ]
+        region_inputs, cotangents = self._split_inputs(inputs, self.fgraph.outputs, "cotangent")
         outputs = [self._cotangent_type(inner_inputs[i])() for i in self.wrt]
         return Apply(self, [*region_inputs, *cotangents], outputs)
 
@@ -283,21 +287,8 @@ class LazyPushforward(LazyRegionOp):
         return cls(FrozenFunctionGraph.from_io(inputs, outputs), wrt, use_op_pushforward)
 
     def make_node(self, *inputs: Variable) -> Apply:
-        inner_inputs = self.fgraph.inputs
-        n_in, n_tan = len(inner_inputs), len(self.wrt)
-        if len(inputs) != n_in + n_tan:
-            raise TypeError(
-                f"{self} expects {n_in} region input(s) followed by {n_tan} "
-                f"tangent(s), got {len(inputs)} variable(s)"
-            )
-        region_inputs = [
-            inner.type.filter_variable(outer)
-            for inner, outer in zip(inner_inputs, inputs[:n_in], strict=True)
-        ]
-        tangents = [
-            align_cotangent(inner_inputs[i], tangent)
-            for i, tangent in zip(self.wrt, inputs[n_in:], strict=True)
-        ]
+        wrt_inputs = [self.fgraph.inputs[i] for i in self.wrt]
+        region_inputs, tangents = self._split_inputs(inputs, wrt_inputs, "tangent")
         outputs = [_tangent_type(out)() for out in self.fgraph.outputs]
         return Apply(self, [*region_inputs, *tangents], outputs)
 
