@@ -36,7 +36,7 @@ from pytensor.graph.replace import _vectorize_node, vectorize_graph
 from pytensor.graph.traversal import toposort
 from pytensor.scan.op import Scan
 
-from pytensor_lazy_pullback.op import LazyPullback, LazyPushforward
+from pytensor_lazy_pullback.op import LazyPullback, LazyPushforward, LazyRegionOp
 from pytensor_lazy_pullback.registry import (
     cotangent_rules,
     expansion_vectorizer,
@@ -97,7 +97,8 @@ def _expansion_error(err: Exception, node: Apply) -> Exception:
             {"__module__": cls.__module__, "__qualname__": cls.__qualname__},
         )
         _raised_through_rewriters[cls] = fatal
-    message = f"{err} (while expanding {_describe(node)})"
+    what = _describe(node) if isinstance(node.op, LazyRegionOp) else f"the inner graph of {node.op}"
+    message = f"{err} (while expanding {what})"
     try:
         new = fatal(message)
     except Exception:  # an exception class with a constructor of its own
@@ -582,7 +583,10 @@ def expanded_inner_graph_op(op: Op) -> Op | None:
 
 
 def _rebuilt_outputs(node: Apply) -> list[Variable] | None:
-    new_op = expanded_inner_graph_op(node.op)
+    try:
+        new_op = expanded_inner_graph_op(node.op)
+    except Exception as err:
+        raise _expansion_error(err, node) from err
     if new_op is None:
         return None
     new_node = new_op.make_node(*node.inputs)

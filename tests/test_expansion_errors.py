@@ -112,3 +112,19 @@ def test_a_failed_expansion_leaves_the_gradient_graph_unchanged():
         pytensor.function([x], [cost, g])
     assert_graph_unchanged(before, graph_snapshot([cost, g]))
     assert_lazy([g])
+
+
+@pytest.mark.parametrize("mode", ["FAST_COMPILE", None])
+def test_error_inside_a_scan_reaches_the_user(mode, on_opt_error):
+    """An XOp without lowering inside a user's scan: the error names the inner graph."""
+    x = px.xtensor("x", dims=("k",), shape=(3,))
+    xt = x.values
+
+    def step(prev):
+        labelled = px.as_xtensor(prev, dims=("k",))
+        return (Unlowerable()(labelled) * 2).values
+
+    out = pytensor.scan(step, outputs_info=[xt], n_steps=2, return_updates=False)
+    with pytest.raises(LazyPullbackExpansionError, match="Cannot lower Unlowerable") as info:
+        pytensor.function([x], out[-1], mode=mode)
+    assert "while expanding the inner graph of" in str(info.value)
