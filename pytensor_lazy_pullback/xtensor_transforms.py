@@ -215,9 +215,23 @@ def vectorize_expansion(
         while len(unnamed) < n_axes - len(named):
             unnamed.append(_fresh_dim(taken | set(unnamed)))
     new_dims = [*unnamed, *named]
-    return vectorize_labelled_graph(
-        outputs, replace, new_tensor_dims=new_dims[len(new_dims) - n_axes :]
-    )
+    # Only outputs that depend on a batched input: PyTensor's labelled
+    # vectorizer gives every output the new dims and cannot for the others
+    # (an input of the `LazyPullback` need not reach every cotangent).
+    batched = {old for old, new in replace.items() if new is not old}
+    dependent = [
+        i for i, out in enumerate(outputs) if any(var in batched for var in ancestors([out]))
+    ]
+    results = list(outputs)
+    if dependent:
+        vectorized = vectorize_labelled_graph(
+            [outputs[i] for i in dependent],
+            replace,
+            new_tensor_dims=new_dims[len(new_dims) - n_axes :],
+        )
+        for i, out in zip(dependent, vectorized, strict=True):
+            results[i] = out
+    return results
 
 
 def _is_labelled(var) -> bool:
