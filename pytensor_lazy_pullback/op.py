@@ -274,6 +274,8 @@ class LazyPushforward(LazyRegionOp):
     """
 
     __props__ = ("fgraph", "wrt", "use_op_pushforward")
+    # Defining __props__ would otherwise give it the props-listing __str__.
+    __str__ = LazyRegionOp.__str__
 
     def __init__(
         self, fgraph: FrozenFunctionGraph, wrt: Sequence[int], use_op_pushforward: bool = True

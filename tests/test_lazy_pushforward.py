@@ -78,6 +78,8 @@ def test_infer_shape_equality_pickle_and_dprint():
     text = io.StringIO()
     pytensor.dprint(a, file=text)
     assert "LazyPushforward{" in text.getvalue() and "Inner graphs" in text.getvalue()
+    assert str(node_a.op).startswith("LazyPushforward{XTensorFromTensor")  # names the region's Ops
+    assert "fgraph=" not in text.getvalue()
 
 
 @pytest.mark.parametrize("second", ["pullback", "pushforward"])
