@@ -110,13 +110,21 @@ def test_second_order_stays_lazy(second):
 
 
 def test_labelled_pushforward_expands_for_inspection():
-    x = px.xtensor("x", dims=("a", "b"), shape=(4, 3))
-    w = px.xtensor("w", dims=("b",), shape=(3,))
-    t = px.xtensor("t", dims=("b",), shape=(3,))
-    jvp = gradient.pushforward(px.math.tanh(px.dot(x, w, dim="b")), w, t)
+    xt, wt, h = model()
+    x = px.as_xtensor(xt, dims=("a", "b"))
+    w = px.as_xtensor(wt, dims=("b",))
+    tt = pt.vector("tt", shape=(3,))
+    out = px.math.tanh(px.dot(x, w, dim="b"))
+    jvp = gradient.pushforward(out, w, px.as_xtensor(tt, dims=("b",)))
     assert jvp.type.dims == ("a",)
     expanded = expand_lazy_pullbacks(jvp)
     assert not lazy_ops(expanded, LazyPushforward)
-    x_v, w_v, t_v = np.ones((4, 3)), W, np.array([1.0, 2.0, 3.0])
-    got = pytensor.function([x, w, t], expanded)(x_v, w_v, t_v)
-    np.testing.assert_allclose(got, (1 - np.tanh(x_v @ w_v) ** 2) * (x_v @ t_v))
+    reference = gradient.pushforward(lower(out).values, wt, tt, use_op_pushforward=True)
+    x_v, w_v, t_v = values()
+    assert_same_gradients([expanded.values], [reference], [xt, wt, tt], [x_v, w_v, t_v])
+    # and central differences along the tangent
+    f = pytensor.function([xt, wt], out.values, mode=MODE)
+    eps = 1e-6
+    fd = (f(x_v, w_v + eps * t_v) - f(x_v, w_v - eps * t_v)) / (2 * eps)
+    got = pytensor.function([xt, wt, tt], expanded.values, mode=MODE)(x_v, w_v, t_v)
+    np.testing.assert_allclose(got, fd, rtol=1e-6, atol=1e-8)
