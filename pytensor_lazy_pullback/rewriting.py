@@ -22,15 +22,14 @@ from pytensor.gradient import (
     pullback,
 )
 from pytensor.graph.basic import Apply, Constant, Variable, clone_get_equiv
+from pytensor.graph.fg import FrozenFunctionGraph, FunctionGraph
 from pytensor.graph.null_type import NullType
-from pytensor.graph.fg import FunctionGraph
 from pytensor.graph.rewriting.basic import (
     MergeOptimizer,
     dfs_rewriter,
     graph_rewriter,
     node_rewriter,
 )
-from pytensor.graph.fg import FrozenFunctionGraph
 from pytensor.graph.op import Op
 from pytensor.graph.replace import _vectorize_node, vectorize_graph
 from pytensor.graph.traversal import toposort
@@ -167,10 +166,7 @@ def _build_pushforward_expansion(node: Apply) -> list[Variable]:
         _zeros_like(out) if isinstance(t.type, DisconnectedType) else t
         for out, t in zip(inner.outputs, tangents, strict=True)
     ]
-    memo = dict(zip([*inner.inputs, *fresh_tangents], node.inputs, strict=True))
-    equiv = clone_get_equiv(
-        [*inner.inputs, *fresh_tangents], tangents, copy_inputs=False, memo=memo
-    )
+    equiv = _on_node_inputs(node, [*inner.inputs, *fresh_tangents], tangents)
     return [_like(out, equiv.get(t, t)) for out, t in zip(node.outputs, tangents, strict=True)]
 
 
@@ -199,10 +195,7 @@ def _build_expansion(node, fgraph):
         for var, g in zip(wrt, grads, strict=True)
     ]
 
-    memo = dict(zip([*inner.inputs, *fresh_cotangents], node.inputs, strict=True))
-    equiv = clone_get_equiv(
-        [*inner.inputs, *fresh_cotangents], [*grads, *lowered], copy_inputs=False, memo=memo
-    )
+    equiv = _on_node_inputs(node, [*inner.inputs, *fresh_cotangents], [*grads, *lowered])
     new_grads = [
         _like(out, equiv.get(g, g)) for out, g in zip(node.outputs, grads, strict=True)
     ]
@@ -211,6 +204,12 @@ def _build_expansion(node, fgraph):
         for outer, low in zip(forward.values(), lowered, strict=True)
     }
     return new_grads, replacements
+
+
+def _on_node_inputs(node: Apply, fresh: list[Variable], results: list[Variable]) -> dict:
+    """Clone `results` (built on the `fresh` inputs of an expansion) onto `node`'s inputs."""
+    memo = dict(zip(fresh, node.inputs, strict=True))
+    return clone_get_equiv(fresh, results, copy_inputs=False, memo=memo)
 
 
 def _merge_input_conversions(fgraph: FunctionGraph) -> None:
