@@ -18,11 +18,8 @@ from pytensor_lazy_pullback.integration import (
     integration_disabled,
     is_enabled,
 )
-from pytensor_lazy_pullback.op import (
-    LazyPullback,
-    LazyPullbackNotExpandedError,
-    LazyPushforward,
-)
+from pytensor_lazy_pullback.op import LazyPullback, LazyPushforward
+from pytensor_lazy_pullback.unlowered import LazyPullbackNotExpandedError
 from pytensor_lazy_pullback.rewriting import (
     LazyPullbackExpansionError,
     expand_inner_graphs,
@@ -30,7 +27,6 @@ from pytensor_lazy_pullback.rewriting import (
     expand_lazy_pullbacks,
 )
 from pytensor_lazy_pullback import xtensor as _xtensor  # noqa: F401  (registrations)
-from pytensor_lazy_pullback import xtensor_transforms as _xtensor_transforms  # noqa: F401
 
 __all__ = [
     "LazyPullback",

@@ -1,51 +1,14 @@
 """The add-on's integration with PyTensor: the one module the in-tree patch leaves out.
 
-Upstream home: none.  Each rebinding made here is, in the patch that
-``./run.sh upstream`` generates, a direct edit of the function or class it
-replaces; the logic itself lives in the other modules, at their in-tree homes.
-
-:func:`pytensor.grad` (and everything built on it: ``pullback``,
-``pushforward``, ``jacobian``, ``hessian``, ``verify_grad``, the gradients of
-``OpFromGraph`` and ``Scan``) maps every variable between ``wrt`` and the cost
-to the nodes that consume it, then asks each node for its pullback in
-``_populate_grad_dict``.  :func:`enable` rebinds that step so that it first
-calls :func:`~pytensor_lazy_pullback.op.collapse_regions`, which replaces each
-region of un-lowered nodes by a single stand-in node whose pullback is one
-:class:`~pytensor_lazy_pullback.LazyPullback`.  Because ``grad`` looks these
-helpers up in its module at every call, this works however ``grad`` was
-imported, and whenever the graph was built.
-
-Every rebinding below has the same shape: call a helper of the other modules,
-and fall through to PyTensor's original where the helper does not apply
-(returns ``None`` / ``False``):
-
-* ``pytensor.gradient._populate_var_to_app_to_idx``:
-  ``op.populate_var_to_app_to_idx``, the same map built with loops instead of
-  recursion (so graphs deeper than the recursion limit reach the regions);
-* ``pytensor.gradient._populate_grad_dict``: ``op.collapse_regions``;
-* ``_float_zeros_like`` / ``_float_ones_like``: ``op.lazy_zeros_like`` /
-  ``op.lazy_ones_like`` (zeros and ones of the kind of labelled variables);
-* ``_pushforward_direct``: ``op.pushforward_through_regions``;
-* ``pushforward``: ``op.has_cotangent_rules`` / ``op.pushforward_by_pullbacks``
-  (``pushforward`` converts its arguments with ``as_tensor_variable``, which
-  labelled variables refuse);
-* ``pytensor.gradient.jacobian`` and ``pytensor.tensor.jacobian`` (the same
-  function re-exported): ``xtensor_transforms.xtensor_jacobian``;
-* ``pytensor.xtensor.vectorization.vectorize_graph``:
-  ``xtensor_transforms.expand_lazy_pullbacks_first``;
-* ``XTypeCastOp.pushforward`` (conversions are linear) and
-  ``XTensorFromTensor.vectorize_node`` (naming the new dims that
-  ``pytensor.graph.replace.vectorize_graph`` does not give it):
-  ``xtensor.conversion_pushforward``, ``xtensor_transforms.naming_new_dims``;
-* ``Rename.pullback``, ``XOp.connection_pattern`` and
-  ``XTensorType.in_same_class`` (the last only where PyTensor does not define
-  it): ``xtensor.rename_pullback``, ``xtensor.xop_connection_pattern``,
-  ``xtensor.xtensor_in_same_class``.
-
-Callers that imported a rebound function by name while the integration was
-enabled keep PyTensor's behaviour once it is disabled.  This module also
-checks the PyTensor version and the signatures it wraps, and raises
-`ImportError` at import on a PyTensor it was not written for.
+Upstream home: none.  Each rebinding made here (:func:`_overrides`) is, in
+the patch that ``./run.sh upstream`` generates, a direct edit of the function
+or class it replaces; the logic lives in the other modules.  Each calls a
+helper of theirs and falls through to PyTensor's original where the helper
+does not apply (returns ``None`` / ``False``).  ``grad`` looks these names up
+in its module at every call, so this works however ``grad`` was imported and
+whenever the graph was built; a name imported while enabled behaves like
+PyTensor's own once disabled.  The PyTensor version and the signatures
+wrapped are checked at import, before anything is registered.
 """
 
 from __future__ import annotations
@@ -278,8 +241,8 @@ def pushforward(
     return_disconnected="zero",
     use_op_pushforward=False,
 ):
-    if _op.has_cotangent_rules(f, wrt, tangents):
-        return _op.pushforward_labelled(
+    if _op.has_family_variables(f, wrt, tangents):
+        return _op.family_pushforward(
             f, wrt, tangents, disconnected_outputs, return_disconnected, use_op_pushforward
         )
     return _originals["pushforward"](

@@ -2,14 +2,15 @@
 
 Upstream home: ``pytensor/gradient_lazy.py``.
 
-Besides the Op, this module holds what ``pytensor/gradient.py`` calls at the
+Besides the Ops, this module holds what ``pytensor/gradient.py`` calls at the
 start of the functions it hooks: :func:`collapse_regions`
 (``_populate_grad_dict``), :func:`lazy_zeros_like` / :func:`lazy_ones_like`
 (``_float_zeros_like`` / ``_float_ones_like``),
 :func:`pushforward_through_regions` (``_pushforward_direct``) and
-:func:`has_cotangent_rules` with :func:`pushforward_labelled`
+:func:`has_family_variables` with :func:`family_pushforward`
 (``pushforward``).  Each returns ``None`` (or ``False``) where PyTensor's own
-code applies unchanged.
+code applies unchanged.  :func:`populate_var_to_app_to_idx` is the body of
+``_populate_var_to_app_to_idx``.
 """
 
 from __future__ import annotations
@@ -18,14 +19,13 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-import pytensor
 import pytensor.gradient as gradient
 from pytensor.compile.ops import view_op
 from pytensor.graph.basic import Apply, Variable
 from pytensor.graph.fg import FrozenFunctionGraph
 from pytensor.graph.null_type import NullType
-from pytensor.graph.op import HasInnerGraph, Op
 from pytensor.gradient import DisconnectedType, disconnected_type, grad_undefined
+from pytensor.graph.replace import _vectorize_node, vectorize_graph
 from pytensor.graph.traversal import ancestors, applys_between, toposort
 from pytensor import config
 from pytensor.scalar import upcast
@@ -33,99 +33,26 @@ from pytensor.tensor.basic import constant
 from pytensor.tensor.type import continuous_dtypes, float_dtypes
 
 from pytensor_lazy_pullback.regions import Region, find_regions
-from pytensor_lazy_pullback.registry import cotangent_rules, is_conversion, is_unlowered
+from pytensor_lazy_pullback.unlowered import (
+    LazyRegionOp,
+    align_cotangent,
+    families,
+    family_of,
+    is_conversion,
+    is_unlowered,
+)
 
 __all__ = [
     "LazyPullback",
-    "LazyPullbackNotExpandedError",
     "LazyPushforward",
-    "LazyRegionOp",
-    "align_cotangent",
     "collapse_regions",
-    "has_cotangent_rules",
+    "family_pushforward",
+    "has_family_variables",
     "lazy_ones_like",
     "lazy_zeros_like",
-    "pushforward_labelled",
     "populate_var_to_app_to_idx",
     "pushforward_through_regions",
 ]
-
-
-class LazyPullbackNotExpandedError(NotImplementedError):
-    """Raised when a `LazyPullback` or `LazyPushforward` reaches a linker unexpanded."""
-
-
-class LazyRegionOp(HasInnerGraph, Op):
-    """Base of `LazyPullback` and `LazyPushforward`: a derivative of a region, built later.
-
-    Parameters
-    ----------
-    fgraph
-        The region, frozen (shown by :func:`pytensor.dprint`).
-    wrt
-        Positions of the region inputs that the derivative is taken for.
-    """
-
-    __props__ = ("fgraph", "wrt")
-
-    def __init__(self, fgraph: FrozenFunctionGraph, wrt: Sequence[int]):
-        if not isinstance(fgraph, FrozenFunctionGraph):
-            raise TypeError(
-                f"{type(self).__name__} needs a FrozenFunctionGraph, got {type(fgraph).__name__}"
-            )
-        self.fgraph = fgraph
-        self.wrt = tuple(int(i) for i in wrt)
-        n_inputs = len(fgraph.inputs)
-        if any(not 0 <= i < n_inputs for i in self.wrt):
-            raise ValueError(f"wrt positions {self.wrt} out of range for {n_inputs} inputs")
-
-    @classmethod
-    def from_graph(
-        cls,
-        inputs: Sequence[Variable],
-        outputs: Sequence[Variable],
-        wrt: Sequence[int],
-    ):
-        """Freeze the graph between `inputs` and `outputs` into an Op of this class.
-
-        The graph is copied; `inputs` and `outputs` are left untouched.
-        """
-        return cls(FrozenFunctionGraph.from_io(inputs, outputs), wrt)
-
-    def __str__(self):
-        ops = dict.fromkeys(type(node.op).__name__ for node in self.fgraph.toposort())
-        return f"{type(self).__name__}{{{', '.join(ops)}}}"
-
-    def clone(self):
-        # The inner graph is frozen: there is nothing to copy.
-        return self
-
-    def _split_inputs(self, inputs, aligned_to, kind: str):
-        """The node's region inputs (filtered) and its (co)tangents, aligned to `aligned_to`."""
-        n_in = len(self.fgraph.inputs)
-        if len(inputs) != n_in + len(aligned_to):
-            raise TypeError(
-                f"{self} expects {n_in} region input(s) followed by {len(aligned_to)} "
-                f"{kind}(s), got {len(inputs)} variable(s)"
-            )
-        region_inputs = [
-            inner.type.filter_variable(outer)
-            for inner, outer in zip(self.fgraph.inputs, inputs[:n_in], strict=True)
-        ]
-        given = [
-            align_cotangent(var, value)
-            for var, value in zip(aligned_to, inputs[n_in:], strict=True)
-        ]
-        return region_inputs, given
-
-    def perform(self, node, inputs, output_storage):
-        raise LazyPullbackNotExpandedError(
-            f"{self} reached a linker without being expanded. It is expanded by the "
-            "'expand_lazy_pullback' rewrite, which every standard mode runs (tags "
-            "'fast_run', 'fast_compile', 'minimum_compile'). If you built a mode "
-            "that excludes it, include it again, or expand the graph first with "
-            "pytensor_lazy_pullback.expand_lazy_pullbacks(outputs)."
-        )
 
 
 class LazyPullback(LazyRegionOp):
@@ -197,54 +124,6 @@ class LazyPullback(LazyRegionOp):
     def infer_shape(self, node, input_shapes):
         return [input_shapes[i] for i in self.wrt]
 
-    def pullback(self, inputs, outputs, output_grads):
-        """Return the pullback of this pullback: another, equally lazy, `LazyPullback`.
-
-        Its region is this very node, applied to fresh inputs, so the
-        second-order graph is only built when it is expanded.
-        """
-        connected = [
-            j
-            for j, g in enumerate(output_grads)
-            if not isinstance(g.type, DisconnectedType | NullType)
-        ]
-        grads: list[Variable] = [disconnected_type() for _ in inputs]
-        wrt = [
-            i
-            for i, inp in enumerate(inputs)
-            if getattr(inp.type, "dtype", None) in continuous_dtypes
-        ]
-        if not connected or not wrt:
-            return grads
-        fresh = [inp.type() for inp in inputs]
-        fresh_outputs = self(*fresh, return_list=True)
-        second = LazyPullback.from_graph(fresh, [fresh_outputs[j] for j in connected], wrt)
-        results = second(*inputs, *(output_grads[j] for j in connected), return_list=True)
-        for i, g in zip(wrt, results, strict=True):
-            grads[i] = g
-        return grads
-
-
-def align_cotangent(output: Variable, cotangent: Variable) -> Variable:
-    """Arrange `cotangent` like `output`, by the rules registered for its type.
-
-    Raises
-    ------
-    TypeError
-        If `cotangent` cannot be the cotangent of `output` (the message names
-        both and says what is expected).
-    """
-    rules = cotangent_rules(output)
-    if rules is not None:
-        return rules.align(output, cotangent)
-    if getattr(cotangent.type, "ndim", None) != getattr(output.type, "ndim", None):
-        raise TypeError(
-            f"The cotangent {cotangent} of type {cotangent.type} does not match "
-            f"the region output {output} of type {output.type}"
-        )
-    return cotangent
-
-
 class LazyPushforward(LazyRegionOp):
     r"""The pushforward (Jacobian-vector product) of a region, built at compile time.
 
@@ -283,11 +162,6 @@ class LazyPushforward(LazyRegionOp):
         super().__init__(fgraph, wrt)
         self.use_op_pushforward = bool(use_op_pushforward)
 
-    @classmethod
-    def from_graph(cls, inputs, outputs, wrt, use_op_pushforward: bool = True):
-        """Freeze the graph between `inputs` and `outputs` into a `LazyPushforward`."""
-        return cls(FrozenFunctionGraph.from_io(inputs, outputs), wrt, use_op_pushforward)
-
     def make_node(self, *inputs: Variable) -> Apply:
         wrt_inputs = [self.fgraph.inputs[i] for i in self.wrt]
         region_inputs, tangents = self._split_inputs(inputs, wrt_inputs, "tangent")
@@ -306,6 +180,16 @@ def _tangent_type(var: Variable):
     if var.type.dtype in continuous_dtypes:
         return var.type
     return var.type.clone(dtype=config.floatX)
+
+
+def _float_dtype(var: Variable) -> str:
+    """`var`'s dtype if it is a float, else ``floatX`` (as ``_float_zeros_like`` chooses)."""
+    return var.type.dtype if var.type.dtype in float_dtypes else config.floatX
+
+
+def _is_zero_or_null(cotangent: Variable) -> bool:
+    """Whether a cotangent is disconnected or undefined: nothing to pull back."""
+    return isinstance(cotangent.type, DisconnectedType | NullType)
 
 
 # --------------------------------------------------------------------------
@@ -384,50 +268,45 @@ def collapse_regions(var_to_app_to_idx, grad_dict, wrt):
     """The map of ``_populate_grad_dict`` with each un-lowered region as one node.
 
     Called at the start of ``pytensor.gradient._populate_grad_dict``.  Aligns
-    the given cotangents of variables with cotangent rules (in place in
-    `grad_dict`), finds the regions of un-lowered nodes on the gradient's path,
+    the given cotangents of a family's variables (in place in `grad_dict`), finds the regions of un-lowered nodes on the gradient's path,
     and returns `var_to_app_to_idx` rewritten so that each region is a single
     stand-in node whose pullback is one `LazyPullback` (unchanged if there is
     no region).
     """
     for var, cotangent in list(grad_dict.items()):
-        rules = cotangent_rules(var)
-        if rules is not None and not isinstance(
-            cotangent.type, DisconnectedType | NullType
-        ):
-            grad_dict[var] = rules.align(var, cotangent)
-    regions = find_regions(
-        var_to_app_to_idx, cuts={*wrt, *grad_dict}, seeded=grad_dict.keys()
-    )
+        if family_of(var.type) is not None and not _is_zero_or_null(cotangent):
+            grad_dict[var] = align_cotangent(var, cotangent)
+    regions = find_regions(var_to_app_to_idx, cuts={*wrt, *grad_dict}, known=grad_dict.keys())
     if regions:
         return _collapse(var_to_app_to_idx, regions)
     return var_to_app_to_idx
 
 
 def lazy_zeros_like(x):
-    """Zeros of `x`'s kind for a type with cotangent rules, else ``None``."""
-    rules = cotangent_rules(x)
-    if rules is not None:
-        return rules.zeros_like(x)
+    """Floating-point zeros like a variable `x` of an un-lowered family, else ``None``."""
+    family = family_of(x.type)
+    if family is not None:
+        return family.zeros_like(x, _float_dtype(x))
     return None
 
 
 def lazy_ones_like(x):
     """The cost's seed where PyTensor's ``_float_ones_like`` would not do, else ``None``.
 
-    Ones of `x`'s kind for a type with cotangent rules; and for a scalar cost
-    computed from un-lowered nodes, a constant, so that the gradient graph
-    does not hold the un-lowered forward pass (which ``vectorize_graph`` cannot
-    batch) just to shape a scalar.
+    Ones like a variable `x` of an un-lowered family; and for a scalar cost
+    of a family or computed from un-lowered nodes, a constant, so that the
+    gradient graph does not hold the un-lowered forward pass (which
+    ``vectorize_graph`` cannot batch) just to shape a scalar.
     """
-    rules = cotangent_rules(x)
-    if rules is not None:
-        return rules.ones_like(x)
-    if x.type.ndim == 0 and any(
-        var.owner is not None and is_unlowered(var.owner) for var in ancestors([x])
+    family = family_of(x.type)
+    dtype = _float_dtype(x)
+    if x.type.ndim == 0 and (
+        family is not None
+        or any(var.owner is not None and is_unlowered(var.owner) for var in ancestors([x]))
     ):
-        dtype = x.type.dtype if x.type.dtype in float_dtypes else pytensor.config.floatX
-        return constant(np.ones((), dtype=dtype))
+        return x.type.clone(dtype=dtype).filter_variable(constant(np.ones((), dtype=dtype)))
+    if family is not None:
+        return family.ones_like(x, dtype)
     return None
 
 
@@ -444,10 +323,10 @@ def pushforward_through_regions(f, wrt, tangents, disconnected_outputs, return_d
     return None
 
 
-def has_cotangent_rules(*arguments) -> bool:
-    """Whether any variable among `arguments` (variables or lists of them) has cotangent rules."""
+def has_family_variables(*arguments) -> bool:
+    """Whether any of `arguments` (variables or lists of them) is a variable of an un-lowered family."""
     return any(
-        isinstance(var, Variable) and cotangent_rules(var) is not None
+        isinstance(var, Variable) and family_of(var.type) is not None
         for argument in arguments
         for var in _as_list(argument)
     )
@@ -465,8 +344,8 @@ def _lazy_pushforward(
     un-lowered node off the tangents' path gets zero tangents.
     """
     outputs, inputs = list(outputs), list(inputs)
-    consumers = gradient._populate_var_to_app_to_idx(outputs, inputs, None)
-    regions = find_regions(consumers, cuts=set(inputs), seeded=set(outputs))
+    consumers = populate_var_to_app_to_idx(outputs, inputs, None)
+    regions = find_regions(consumers, cuts=set(inputs), known=set(outputs))
     region_of = {node: region for region in regions for node in region.nodes}
     tangent_of: dict = dict(zip(inputs, tangents, strict=True))
 
@@ -536,7 +415,9 @@ def _region_pushforward(region: Region, tangent, use_op_pushforward: bool) -> li
     connected = [any(pattern[i][j] for i in live) for j in range(len(region.outputs))]
     if not any(connected):
         return [disconnected_type() for _ in region.outputs]
-    op = LazyPushforward.from_graph(region.inputs, region.outputs, live, use_op_pushforward)
+    op = LazyPushforward.from_graph(
+        region.inputs, region.outputs, live, use_op_pushforward=use_op_pushforward
+    )
     results = op(*region.inputs, *(tangent(region.inputs[i]) for i in live), return_list=True)
     return [
         t if is_connected else disconnected_type()
@@ -544,7 +425,7 @@ def _region_pushforward(region: Region, tangent, use_op_pushforward: bool) -> li
     ]
 
 
-def pushforward_labelled(
+def family_pushforward(
     f,
     wrt,
     tangents,
@@ -552,13 +433,13 @@ def pushforward_labelled(
     return_disconnected="zero",
     use_op_pushforward=False,
 ):
-    """:func:`pytensor.gradient.pushforward` for variables with cotangent rules (labelled ones).
+    """:func:`pytensor.gradient.pushforward` for arguments of an un-lowered family (XTensorVariables).
 
-    With labelled outputs, inputs or tangents, each region of un-lowered Ops
+    With such outputs, inputs or tangents, each region of un-lowered Ops
     is one lazy `LazyPushforward`, expanded as `use_op_pushforward` says
     (from the lowered Ops' own pushforwards, or as a pullback of a pullback).
     Each tangent is matched to its input by dim name (a `TypeError` names the
-    input if it cannot be), and each result is labelled like its output.
+    input if it cannot be), and each result is of its output's kind.
     """
     inputs, given = _as_list(wrt), _as_list(tangents)
     if len(inputs) != len(given):
@@ -571,7 +452,7 @@ def pushforward_labelled(
         result = _lazy_pushforward(
             outputs, inputs, aligned, disconnected_outputs, return_disconnected, use_op_pushforward
         )
-    else:  # a lowered (e.g. expanded) labelled graph, differentiated as the user asked
+    else:  # a lowered (e.g. expanded) graph of XTensorVariables, differentiated as asked
         result = _pushforward_by_pullbacks(
             outputs, inputs, aligned, disconnected_outputs, return_disconnected
         )
@@ -579,10 +460,10 @@ def pushforward_labelled(
 
 
 def _pushforward_by_pullbacks(outputs, inputs, tangents, disconnected_outputs, return_disconnected):
-    """The pushforward as the pullback of a pullback, for labelled arguments.
+    """The pushforward as the pullback of a pullback, for arguments of an un-lowered family.
 
     Like PyTensor's ``pushforward_through_pullback``, with seeds of each
-    output's own kind (labelled zeros for labelled outputs) and each output
+    output's own kind (xtensor zeros for an xtensor output) and each output
     through a view: pullback's cotangents are final (known_grads), so an
     output that is an ancestor of another would lose the other's contribution.
     """
@@ -679,11 +560,7 @@ class _RegionPullback:
     def pullback(self, inputs, outputs, output_grads):
         region = self.region
         pattern = self.connection_pattern(None)
-        live = [
-            j
-            for j, g in enumerate(output_grads)
-            if not isinstance(g.type, DisconnectedType | NullType)
-        ]
+        live = [j for j, g in enumerate(output_grads) if not _is_zero_or_null(g)]
         grads = [disconnected_type() for _ in inputs]
         wrt = []
         for i, inp in enumerate(inputs):
@@ -694,8 +571,28 @@ class _RegionPullback:
             else:
                 wrt.append(i)
         if wrt:
-            cotangents = [align_cotangent(outputs[j], output_grads[j]) for j in live]
             op = LazyPullback.from_graph(inputs, [outputs[j] for j in live], wrt)
+            cotangents = [output_grads[j] for j in live]  # aligned by make_node
             for i, g in zip(wrt, op(*inputs, *cotangents, return_list=True), strict=True):
                 grads[i] = g
         return grads
+
+
+@_vectorize_node.register(LazyPullback)
+@_vectorize_node.register(LazyPushforward)
+def _vectorize_lazy_region_op(op, node, *batched_inputs):
+    """Vectorize a `LazyPullback` (`LazyPushforward`) by expanding it first.
+
+    ``vectorize_graph`` (and so ``jacobian(vectorize=True)``) cannot batch an
+    opaque region; its expansion is an ordinary graph that it can, with the
+    family's own vectorizer if it has one.
+    """
+    from pytensor_lazy_pullback.rewriting import expand_lazy_pullback
+
+    replacements = expand_lazy_pullback.transform(None, node)
+    expansion = [replacements[out] for out in node.outputs]
+    vectorize = next(
+        (family.vectorize for family in families() if family.vectorize is not None),
+        vectorize_graph,
+    )
+    return vectorize(expansion, dict(zip(node.inputs, batched_inputs, strict=True)))

@@ -1,21 +1,18 @@
 """Partition the un-lowered part of a gradient graph into convex regions.
 
-Upstream home: ``pytensor/graph/regions.py``, next to the registry
-(``pytensor/graph/lowering.py``, see :mod:`pytensor_lazy_pullback.registry`).
+Upstream home: ``pytensor/graph/regions.py``, next to ``pytensor/graph/lowering.py``
+(:mod:`pytensor_lazy_pullback.unlowered`).
 
-A *region* is a maximal connected group of un-lowered nodes between the
-variables being differentiated and the cost that is *convex*: no
-gradient-carrying path leaves the region through an ordinary node (or a cut
-variable) and comes back into it.  Collapsing a convex region into one node
-therefore never creates a cycle, so :func:`pytensor.grad` can treat it as one
-node whose pullback is a single :class:`~pytensor_lazy_pullback.LazyPullback`.
+A *region* is a maximal connected group of un-lowered nodes on the gradient's
+path that is *convex*: no gradient-carrying path leaves it through an ordinary
+node (or a cut variable) and comes back into it, so :func:`pytensor.grad` can
+treat it as one node whose pullback is a single `LazyPullback`.
 
-Convexity is obtained by giving each node its *crossing level*: the largest
-number of ordinary nodes and cut variables passed through on any path from the
-graph's inputs.  A path that leaves a region and comes back crosses at least
-once more, so regions are the connected components of un-lowered nodes of equal
-level.  Everything is computed in one iterative pass over the nodes that carry
-gradient (no recursion, so deep graphs are fine).
+Each node gets a *depth*: the largest number of ordinary nodes and cut
+variables on any path to it from the graph's inputs.  A path that leaves a
+region and comes back passes at least one more, so regions are the connected
+groups of un-lowered nodes of equal depth.  One iterative pass computes it (no
+recursion, so deep graphs are fine).
 """
 
 from __future__ import annotations
@@ -25,10 +22,11 @@ from dataclasses import dataclass, field
 
 from pytensor.graph.basic import Apply, Constant, Variable
 
-from pytensor_lazy_pullback.registry import (
-    absorbed_into_region,
+from pytensor_lazy_pullback.unlowered import (
     is_conversion,
+    is_structural,
     is_unlowered,
+    op_names,
     undefined_gradient_reason,
 )
 
@@ -42,9 +40,9 @@ class Region:
     Attributes
     ----------
     nodes
-        The region's nodes in topological order, including the nodes pulled in
-        because the lowering must see them (see
-        :func:`~pytensor_lazy_pullback.registry.register_absorbed_op`).
+        The region's nodes in topological order, including the nodes put
+        inside because the lowering must see them (see
+        `~pytensor_lazy_pullback.unlowered.UnloweredFamily.structural_ops`).
     inputs
         The non-constant variables the region reads from the outer graph.
     outputs
@@ -64,8 +62,7 @@ class Region:
     undefined: list[str | None] = field(default_factory=list)
 
     def __str__(self) -> str:
-        ops = ", ".join(dict.fromkeys(str(node.op) for node in self.nodes))
-        return f"region of {len(self.nodes)} node(s) [{ops}]"
+        return f"region of {len(self.nodes)} node(s) [{op_names(self.nodes)}]"
 
     def connection_pattern(self) -> list[list[bool]]:
         """For each input, whether each output depends on it.
@@ -96,12 +93,12 @@ class Region:
 def find_regions(
     consumers: Mapping[Variable, Mapping[Apply, Sequence[int]]],
     cuts: Collection[Variable],
-    seeded: Collection[Variable],
+    known: Collection[Variable],
 ) -> list[Region]:
     """Find the regions of un-lowered nodes on the gradient's path.
 
     Conversion nodes (see
-    :func:`~pytensor_lazy_pullback.registry.register_unlowered_op`) join the
+    `~pytensor_lazy_pullback.unlowered.UnloweredFamily.conversions`) join the
     region they touch, on the gradient's path or feeding it from off the path,
     so a region's boundary is made of ordinary variables wherever the graph
     has them; groups of conversions only are not regions.
@@ -115,7 +112,7 @@ def find_regions(
     cuts
         Variables that must not be interior to a region (``wrt``,
         ``consider_constant`` and ``known_grads`` keys, the cost).
-    seeded
+    known
         Variables whose cotangent is given from outside the graph (the cost,
         ``known_grads`` keys): a region producing one outputs it.
 
@@ -128,7 +125,7 @@ def find_regions(
     if not any(is_unlowered(node) for node in path):
         return []
 
-    order, level = _topological_levels(path, cuts)
+    order, depth = _depths(path, cuts)
     parent = {node: node for node in order if is_unlowered(node)}
 
     def find(node):
@@ -140,7 +137,7 @@ def find_regions(
     for node in parent:
         for inp in node.inputs:
             owner = inp.owner
-            if owner in parent and inp not in cuts and level[owner] == level[node]:
+            if owner in parent and inp not in cuts and depth[owner] == depth[node]:
                 parent[find(owner)] = find(node)
 
     groups: dict[Apply, list[Apply]] = {}
@@ -148,47 +145,47 @@ def find_regions(
         groups.setdefault(find(node), []).append(node)
     # A group of conversions only (e.g. labelling a leaf) has nothing to lower:
     # its nodes keep their own pullbacks.  Convexity of the other regions is
-    # unaffected: a path through such a group passes a cut or a level change.
+    # unaffected: a path through such a group passes a cut or a depth change.
     return [
-        _describe(nodes, consumers, seeded)
+        _describe(nodes, consumers, known)
         for nodes in groups.values()
         if not all(is_conversion(node) for node in nodes)
     ]
 
 
-def _topological_levels(path, cuts):
-    """Order `path`'s nodes topologically and give each its crossing level."""
-    level: dict[Apply, int] = {}
+def _depths(path, cuts):
+    """Order `path`'s nodes topologically and give each its depth (see the module)."""
+    depth: dict[Apply, int] = {}
     order: list[Apply] = []
     for root in path:
         stack = [(root, False)]
         while stack:
             node, ready = stack.pop()
-            if node in level:
+            if node in depth:
                 continue
             if not ready:
                 stack.append((node, True))
                 stack.extend(
                     (inp.owner, False)
                     for inp in node.inputs
-                    if inp.owner in path and inp.owner not in level
+                    if inp.owner in path and inp.owner not in depth
                 )
                 continue
-            node_level = 0
+            node_depth = 0
             for inp in node.inputs:
                 owner = inp.owner
                 if owner in path:
                     crossed = (not is_unlowered(owner)) + (inp in cuts)
-                    node_level = max(node_level, level[owner] + crossed)
-            level[node] = node_level
+                    node_depth = max(node_depth, depth[owner] + crossed)
+            depth[node] = node_depth
             order.append(node)
-    return order, level
+    return order, depth
 
 
-def _describe(members, consumers, seeded) -> Region:
+def _describe(members, consumers, known) -> Region:
     """Find a region's inputs, outputs and per-input gradient facts."""
     member_set = set(members)
-    absorbed: list[Apply] = []
+    taken_in: list[Apply] = []
     inputs: dict[Variable, None] = {}
 
     def read(var):
@@ -196,14 +193,14 @@ def _describe(members, consumers, seeded) -> Region:
             return
         owner = var.owner
         if owner is not None and (
-            absorbed_into_region(owner) or (is_conversion(owner) and var not in consumers)
+            is_structural(owner) or (is_conversion(owner) and var not in consumers)
         ):
             # A conversion off the gradient's path (e.g. labelling a plain
             # data tensor) goes inside, so the region's inputs are ordinary
             # variables wherever the graph has them: ``vectorize_graph`` can
             # batch those without knowing a dim name.
             member_set.add(owner)
-            absorbed.append(owner)
+            taken_in.append(owner)
             for inp in owner.inputs:
                 read(inp)
         else:
@@ -217,10 +214,10 @@ def _describe(members, consumers, seeded) -> Region:
         out
         for node in members
         for out in node.outputs
-        if out in seeded
+        if out in known
         or any(app not in member_set for app in consumers.get(out, ()))
     ]
-    region = Region(nodes=absorbed[::-1] + members, outputs=outputs)
+    region = Region(nodes=taken_in[::-1] + members, outputs=outputs)
     region.inputs = list(inputs)
     # Whether a gradient really flows (an integer input may well have one, as
     # in d/dcounts of counts * log(rate)) is the lowered graph's pullback's

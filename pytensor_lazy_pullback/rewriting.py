@@ -1,7 +1,9 @@
 """The ``expand_lazy_pullback`` rewrite: build each lazy pullback at compile time.
 
-Upstream home: ``pytensor/tensor/rewriting/lazy_pullback.py`` (registration in
-``optdb`` next to ``lower_xtensor``).
+Upstream home: ``pytensor/tensor/rewriting/lazy_pullback.py``.  The rewrite
+runs first in ``lower_xtensor`` (registered by the xtensor part); the
+rebuilding of inner graphs, ``expand_inner_graphs``, in ``optdb`` before the
+Scan rewrites.
 """
 
 from __future__ import annotations
@@ -25,43 +27,35 @@ from pytensor.graph.basic import Apply, Constant, Variable, clone_get_equiv
 from pytensor.graph.fg import FrozenFunctionGraph, FunctionGraph
 from pytensor.graph.null_type import NullType
 from pytensor.graph.rewriting.basic import (
+    GraphRewriter,
     MergeOptimizer,
+    NodeRewriter,
     dfs_rewriter,
     graph_rewriter,
     node_rewriter,
 )
 from pytensor.graph.op import Op
-from pytensor.graph.replace import _vectorize_node, vectorize_graph
 from pytensor.graph.traversal import toposort
 from pytensor.scan.op import Scan
 
-from pytensor_lazy_pullback.op import LazyPullback, LazyPushforward, LazyRegionOp
-from pytensor_lazy_pullback.registry import (
-    cotangent_rules,
-    expansion_vectorizer,
+from pytensor_lazy_pullback.op import LazyPullback, LazyPushforward, lazy_zeros_like
+from pytensor_lazy_pullback.unlowered import (
+    LazyRegionOp,
+    families,
     is_conversion,
     is_unlowered,
-    lowerings_for,
-    register_unlowered_op,
+    op_names,
 )
 
 __all__ = [
-    "EXPAND_INNER_GRAPHS_POSITION",
-    "EXPAND_POSITION",
     "LazyPullbackExpansionError",
     "deep_pullback",
-    "expand_all_inner_graphs",
-    "expand_all_lazy_pullbacks",
     "expand_inner_graphs",
     "expand_lazy_pullback",
     "expand_lazy_pullbacks",
-    "with_lazy_pullbacks_expanded",
+    "graph_wide",
+    "lower_graph",
 ]
-
-EXPAND_POSITION = 0.085
-"""Position of ``expand_lazy_pullback`` in ``optdb``: after ``merge1`` (0), so
-identical lazy pullbacks are merged first, and before ``lower_xtensor`` (0.09),
-so the forward regions are lowered together with the expanded gradients."""
 
 
 class LazyPullbackExpansionError(NotImplementedError):
@@ -96,7 +90,15 @@ def _expansion_error(err: Exception, node: Apply) -> Exception:
             {"__module__": cls.__module__, "__qualname__": cls.__qualname__},
         )
         _raised_through_rewriters[cls] = fatal
-    what = _describe(node) if isinstance(node.op, LazyRegionOp) else f"the inner graph of {node.op}"
+    if isinstance(node.op, LazyRegionOp):
+        kind = "pushforward" if isinstance(node.op, LazyPushforward) else "pullback"
+        inputs = ", ".join(str(inp) for inp in node.inputs[: len(node.op.fgraph.inputs)])
+        what = (
+            f"the lazy {kind} of the region [{op_names(node.op.fgraph.toposort())}] "
+            f"with inputs ({inputs})"
+        )
+    else:
+        what = f"the inner graph of {node.op}"
     message = f"{err} (while expanding {what})"
     try:
         new = fatal(message)
@@ -107,43 +109,7 @@ def _expansion_error(err: Exception, node: Apply) -> Exception:
     return new.with_traceback(err.__traceback__)
 
 
-def expand_node(node: Apply) -> list[Variable]:
-    """Return the ordinary pullback graph that replaces a `LazyPullback` node.
-
-    A private copy of the node's region, on fresh inputs, is lowered (nested
-    `LazyPullback`\\ s first) and differentiated with
-    :func:`pytensor.gradient.pullback` (in chunks if it is too deep for one
-    call, see :func:`deep_pullback`); the node's real inputs and cotangents are
-    then substituted for the fresh ones.  Nothing of the graph holding `node`
-    is lowered or modified.
-    """
-    grads, _ = _expansion(node, fgraph=None)
-    return grads
-
-
-def _expansion(
-    node: Apply, fgraph: FunctionGraph | None
-) -> tuple[list[Variable], dict[Variable, Variable]]:
-    """The expansion of `node`, and lowered replacements for its region's forward outputs.
-
-    If `fgraph` holds the forward pass of the region (its un-lowered nodes, as
-    the user built them), each forward output found there is mapped to the
-    lowered copy the gradient is built on: replacing it lowers that part of
-    the forward pass once, shared with the gradient, instead of leaving
-    ``lower_xtensor`` to lower it a second time.
-
-    Any error is re-raised with the region named, typed so that PyTensor's
-    rewriters do not swallow it (see `_RaisedThroughRewriters`).
-    """
-    try:
-        if isinstance(node.op, LazyPushforward):
-            return _build_pushforward_expansion(node), {}
-        return _build_expansion(node, fgraph)
-    except Exception as err:
-        raise _expansion_error(err, node) from err
-
-
-def _build_pushforward_expansion(node: Apply) -> list[Variable]:
+def _lowered_pushforward(node: Apply) -> list[Variable]:
     """The pushforward of a `LazyPushforward`'s lowered region, on the node's inputs.
 
     Built as the reference builds it once lowered: from each lowered Op's own
@@ -170,7 +136,19 @@ def _build_pushforward_expansion(node: Apply) -> list[Variable]:
     return [_like(out, equiv.get(t, t)) for out, t in zip(node.outputs, tangents, strict=True)]
 
 
-def _build_expansion(node, fgraph):
+def _lowered_pullback(
+    node: Apply, fgraph: FunctionGraph | None
+) -> tuple[list[Variable], dict[Variable, Variable]]:
+    """The pullback of a `LazyPullback`'s lowered region, on the node's inputs.
+
+    A private copy of the region is lowered and differentiated with
+    :func:`pytensor.gradient.pullback` (in chunks if it is too deep for one
+    call, see :func:`deep_pullback`), then put onto the node's inputs.  If
+    `fgraph` computes the region's forward pass (its un-lowered nodes, as the
+    user built them), each forward output found there is also mapped to the
+    lowered copy the pullback is built on: replacing it lowers that part of
+    the forward pass once, shared with the pullback.
+    """
     op: LazyPullback = node.op
     inner = op.fgraph.unfreeze()
     n_out = len(inner.outputs)
@@ -215,8 +193,8 @@ def _on_node_inputs(node: Apply, fresh: list[Variable], results: list[Variable])
 def _merge_input_conversions(fgraph: FunctionGraph) -> None:
     """Keep one conversion of each input of `fgraph` where the lowering made several.
 
-    The lowering converts a labelled input at each of its uses; merged, the
-    cotangents of its uses add up as tensors, not as labelled (un-lowered)
+    The lowering converts an xtensor input at each of its uses; merged, the
+    cotangents of its uses add up as tensors, not as xtensor (un-lowered)
     sums.  Nothing else is merged before differentiating: merging two equal
     nodes adds their cotangents ahead of their pullback, which can change the
     numbers (``cumprod`` at zeros gives NaN where the reference is finite).
@@ -438,62 +416,61 @@ def _find_forward(
 def lower_graph(fgraph: FunctionGraph) -> None:
     """Lower every un-lowered node of a private `fgraph` in place.
 
-    Runs the registered lowerings (expanding nested `LazyPullback`\\ s first)
-    until none applies, and raises `LazyPullbackExpansionError` naming the Op
-    and the variable if an un-lowered node survives.  Conversions may remain
-    where the graph's own inputs or outputs are of the un-lowered family.
+    Expands its `LazyPullback`\\ s and `LazyPushforward`\\ s, then runs the
+    lowering of each family present, and raises `LazyPullbackExpansionError`
+    naming the Op and the variable if an un-lowered node survives.
+    Conversions may remain where the graph's own inputs or outputs are of an
+    un-lowered family.
     """
+    _lower(fgraph)
+    for node in fgraph.toposort():
+        if is_unlowered(node) and not is_conversion(node):
+            raise LazyPullbackExpansionError(
+                f"Cannot lower {node.op} (producing {node.outputs[0]}): no lowering "
+                f"rewrites {type(node.op).__name__}. Register one for this Op (for XOps, "
+                "a node rewriter with pytensor.xtensor.rewriting.utils."
+                "register_lower_xtensor), or take the gradient of a graph that does not use it."
+            )
 
-    def remaining():
-        return [
-            node
-            for node in fgraph.apply_nodes
-            if is_unlowered(node) and not is_conversion(node)
-        ]
 
-    for _ in range(8):
-        if not remaining():
-            return
-        for lowering in lowerings_for(fgraph.apply_nodes):
-            lowering(fgraph)
-    leftover = remaining()[0]
-    raise LazyPullbackExpansionError(
-        f"Cannot lower {leftover.op} (producing {leftover.outputs[0]}): "
-        f"no registered lowering rewrites {type(leftover.op).__name__}. Register a "
-        "lowering for this Op (for XOps, a node rewriter with "
-        "pytensor.xtensor.rewriting.utils.register_lower_xtensor), or take the "
-        "gradient of a graph that does not use it."
-    )
+def _lower(fgraph: FunctionGraph) -> None:
+    """Expand the lazy derivatives of `fgraph`, then lower each un-lowered family in it."""
+    _EXPAND_ALL.rewrite(fgraph)
+    for family in families():
+        if any(isinstance(node.op, family.ops) for node in fgraph.apply_nodes):
+            family.lower(fgraph)
 
 
 @node_rewriter([LazyPullback, LazyPushforward])
 def expand_lazy_pullback(fgraph, node):
     """Replace a `LazyPullback` (`LazyPushforward`) by the pullback (pushforward) of its lowered region.
 
-    The region's forward outputs, where `fgraph` computes them, are replaced
-    by the lowered copy the pullback is built on.
+    Nothing of `fgraph` is lowered but the region's forward outputs, where
+    `fgraph` computes them: they are replaced by the lowered copy the pullback
+    is built on.  With ``fgraph=None`` it returns the replacements of the
+    node's outputs only.  Any error is re-raised with the region named, typed
+    so that PyTensor's rewriters do not swallow it (`_RaisedThroughRewriters`).
     """
-    grads, forward = _expansion(node, fgraph)
-    return {**dict(zip(node.outputs, grads, strict=True)), **forward}
+    try:
+        if isinstance(node.op, LazyPushforward):
+            outputs, forward = _lowered_pushforward(node), {}
+        else:
+            outputs, forward = _lowered_pullback(node, fgraph)
+    except Exception as err:
+        raise _expansion_error(err, node) from err
+    return {**dict(zip(node.outputs, outputs, strict=True)), **forward}
 
 
-expand_all_lazy_pullbacks = dfs_rewriter(
-    expand_lazy_pullback, ignore_newtrees=True, failure_callback=None
-)
-"""``expand_lazy_pullback`` applied to a whole graph.  It has no failure
-callback: an expansion error is not a rewrite to skip (see
-`_RaisedThroughRewriters`)."""
-register_unlowered_op(LazyPullback, expand_all_lazy_pullbacks.rewrite)
-register_unlowered_op(LazyPushforward, expand_all_lazy_pullbacks.rewrite)
+def graph_wide(rewriter: NodeRewriter) -> GraphRewriter:
+    """`rewriter` applied to every node of a graph, with no failure callback.
 
-optdb.register(
-    "expand_lazy_pullback",
-    expand_all_lazy_pullbacks,
-    "fast_run",
-    "fast_compile",
-    "minimum_compile",
-    position=EXPAND_POSITION,
-)
+    An expansion error is not a rewrite to skip: it must reach the user (see
+    `_RaisedThroughRewriters`).
+    """
+    return dfs_rewriter(rewriter, ignore_newtrees=True, failure_callback=None)
+
+
+_EXPAND_ALL = graph_wide(expand_lazy_pullback)
 
 
 # Inner graphs: Scan and OpFromGraph
@@ -562,7 +539,7 @@ def expanded_inner_graph_op(op: Op) -> Op | None:
     if frozen is None or not holds_unlowered(frozen):
         return None
     inner = frozen.unfreeze()
-    expand_inner_graphs_in(inner)
+    _EXPAND_INNER_GRAPHS.rewrite(inner)
     lower_graph(inner)
     if isinstance(op, Scan):
         # The constructor, not ``clone_with_inner_graph``: output types follow the
@@ -581,7 +558,9 @@ def expanded_inner_graph_op(op: Op) -> Op | None:
     return op.clone_with_inner_graph(inner)
 
 
-def _rebuilt_outputs(node: Apply) -> list[Variable] | None:
+@node_rewriter([Scan, OpFromGraph])
+def expand_inner_graphs(fgraph, node):
+    """Rebuild a `Scan`/`OpFromGraph` holding un-lowered Ops with its inner graph lowered."""
     try:
         new_op = expanded_inner_graph_op(node.op)
     except Exception as err:
@@ -592,28 +571,7 @@ def _rebuilt_outputs(node: Apply) -> list[Variable] | None:
     return [_like(old, new) for old, new in zip(node.outputs, new_node.outputs, strict=True)]
 
 
-def expand_inner_graphs_in(fgraph: FunctionGraph) -> None:
-    """Rebuild, in place, each `Scan`/`OpFromGraph` of a private `fgraph` holding un-lowered Ops."""
-    for node in fgraph.toposort():
-        new_outputs = _rebuilt_outputs(node)
-        if new_outputs is not None:
-            fgraph.replace_all(
-                list(zip(node.outputs, new_outputs, strict=True)),
-                reason="expand_inner_graphs",
-            )
-
-
-@node_rewriter([Scan, OpFromGraph])
-def expand_inner_graphs(fgraph, node):
-    """Rebuild a `Scan`/`OpFromGraph` holding un-lowered Ops with its inner graph lowered."""
-    return _rebuilt_outputs(node)
-
-
-expand_all_inner_graphs = dfs_rewriter(
-    expand_inner_graphs, ignore_newtrees=True, failure_callback=None
-)
-"""``expand_inner_graphs`` applied to a whole graph; errors reach the user (see
-`expand_all_lazy_pullbacks`)."""
+_EXPAND_INNER_GRAPHS = graph_wide(expand_inner_graphs)
 
 
 @graph_rewriter
@@ -625,13 +583,12 @@ def expand_inner_graphs_and_lower(fgraph):
     move the lowered loop-invariant part of a loop onto the lowered forward
     pass of the outer graph, where merging finds them equal; lowered later,
     the two copies are built in an order in which ``MergeOptimizer`` misses
-    some duplicates.
+    some duplicates.  Errors reach the user (no failure callback).
     """
     before = set(fgraph.apply_nodes)
-    expand_all_inner_graphs.rewrite(fgraph)
+    _EXPAND_INNER_GRAPHS.rewrite(fgraph)
     if not before.issuperset(fgraph.apply_nodes):
-        for lowering in lowerings_for(fgraph.apply_nodes):
-            lowering(fgraph)
+        _lower(fgraph)
 
 
 optdb.register(
@@ -644,24 +601,12 @@ optdb.register(
 )
 
 
-@_vectorize_node.register(LazyPullback)
-@_vectorize_node.register(LazyPushforward)
-def _vectorize_lazy_pullback(op, node, *batched_inputs):
-    """Vectorize a `LazyPullback` (`LazyPushforward`) by expanding it first.
-
-    ``vectorize_graph`` (and so ``jacobian(vectorize=True)``) cannot batch an
-    opaque region; its expansion is an ordinary graph that it can.
-    """
-    vectorize = expansion_vectorizer() or vectorize_graph
-    return vectorize(
-        expand_node(node), dict(zip(node.inputs, batched_inputs, strict=True))
-    )
-
-
 def expand_lazy_pullbacks(
     outputs: Variable | Sequence[Variable], lower: bool = False
 ) -> Variable | list[Variable]:
-    """Return a copy of a graph with every `LazyPullback` expanded, for inspection.
+    """Return a copy of a graph with every `LazyPullback` and `LazyPushforward` expanded.
+
+    For inspection; compilation expands them by itself.
 
     Parameters
     ----------
@@ -686,49 +631,14 @@ def expand_lazy_pullbacks(
     if lower:
         lower_graph(fgraph)
     else:
-        expand_all_lazy_pullbacks.rewrite(fgraph)
+        _EXPAND_ALL.rewrite(fgraph)
     MergeOptimizer().rewrite(fgraph)
     return fgraph.outputs[0] if single else list(fgraph.outputs)
 
 
-def with_lazy_pullbacks_expanded(
-    outputs: Sequence[Variable], blockers: Sequence[Variable] = ()
-) -> list[Variable]:
-    """Return `outputs` with every `LazyPullback` between `blockers` and them expanded.
-
-    Unlike :func:`expand_lazy_pullbacks`, nothing is cloned that does not
-    depend on a `LazyPullback`: the forward graph keeps its own variables, so
-    a replacement keyed on them (as in ``vectorize_graph``) still applies.
-    Nothing above a blocker is looked at (so the blockers themselves are
-    kept).  The given graph is not modified.
-    """
-    new: dict[Variable, Variable] = {}
-    for node in toposort(outputs, blockers=blockers):
-        inputs = [new.get(inp, inp) for inp in node.inputs]
-        changed = any(a is not b for a, b in zip(inputs, node.inputs, strict=True))
-        if isinstance(node.op, LazyPullback):
-            rebuilt = node.clone_with_new_inputs(inputs, strict=False) if changed else node
-            new.update(zip(node.outputs, expand_node(rebuilt), strict=True))
-        elif changed:
-            rebuilt = node.clone_with_new_inputs(inputs, strict=False)
-            new.update(zip(node.outputs, rebuilt.outputs, strict=True))
-    return [new.get(out, out) for out in outputs]
-
-
-def _describe(node: Apply) -> str:
-    region = ", ".join(
-        dict.fromkeys(str(inner.op) for inner in node.op.fgraph.toposort())
-    )
-    inputs = ", ".join(str(inp) for inp in node.inputs[: len(node.op.fgraph.inputs)])
-    kind = "pushforward" if isinstance(node.op, LazyPushforward) else "pullback"
-    return f"the lazy {kind} of the region [{region}] with inputs ({inputs})"
-
-
 def _zeros_like(var: Variable) -> Variable:
-    rules = cotangent_rules(var)
-    if rules is not None:
-        return rules.zeros_like(var)
-    return var.zeros_like()
+    zeros = lazy_zeros_like(var)
+    return var.zeros_like() if zeros is None else zeros
 
 
 def _like(out: Variable, value: Variable) -> Variable:

@@ -1,39 +1,22 @@
-"""The xtensor part: what "un-lowered" means for :mod:`pytensor.xtensor`.
+"""The xtensor Ops as an un-lowered family, and what their gradients need of them.
 
-Upstream home: ``pytensor/xtensor/rewriting/lazy_pullback.py``.
+Upstream home: ``pytensor/xtensor/rewriting/lazy_pullback.py``; the methods
+below go on their classes (``Rename.pullback``, ``XOp.connection_pattern``,
+``XTypeCastOp.pushforward``, ``XTensorType.in_same_class``).
 
-It registers, with the generic machinery of
-:mod:`pytensor_lazy_pullback.registry`,
-
-* every `XOp` as un-lowered, lowered by the ``lower_xtensor`` rewrites, and
-  the conversions `XTensorFromTensor`, `TensorFromXTensor` and `Rename` as
-  joining the regions they touch (so a gradient with respect to a plain tensor
-  holds no labelled variable outside its `LazyPullback`); `Rename` gets a
-  working pullback (:func:`rename_pullback`: in PyTensor 3.3 it renames a dim
-  literally called ``"dims"``);
-* `XRV` (random draws) as having an undefined gradient, so that
-  :func:`pytensor.grad` refuses a gradient through a draw at once, with the
-  `NullTypeGradError` the lowered graph would give;
-* ``MakeSlice`` as belonging inside a region, so the index lowering sees the
-  slice bounds;
-* how labelled cotangents are aligned to their variable's dims, **by name**,
-  and how labelled zeros and ones are made.
-
-It also puts ``expand_lazy_pullback`` and ``expand_inner_graphs`` into
-``lower_xtensor``, so ``rewrite_graph(grads, include=("lower_xtensor",))``
-expands lazy gradients, also inside the loops of ``hessian`` and ``jacobian``,
-as well as lowering the forward graph; and gives `XTensorType` the
-``in_same_class`` that `TensorType` has (see :func:`xtensor_in_same_class`).
+It registers `XTENSOR` (conversions join regions; random draws have no
+gradient; ``MakeSlice`` goes inside a region so the index lowering sees the
+slice; cotangents are aligned to their variable **by dim name**), and puts
+``expand_lazy_pullback`` and ``expand_inner_graphs`` first in
+``lower_xtensor``.
 """
 
 from __future__ import annotations
 
-import numpy as np
 from pytensor.gradient import DisconnectedType
 from pytensor.graph.basic import Variable
 from pytensor.graph.fg import FunctionGraph
 from pytensor.graph.rewriting.db import RewriteDatabaseQuery
-from pytensor.tensor.basic import constant
 from pytensor.tensor.type_other import MakeSlice
 from pytensor.xtensor.rewriting.utils import lower_xtensor_db
 from pytensor.xtensor.basic import (
@@ -44,21 +27,15 @@ from pytensor.xtensor.basic import (
 )
 from pytensor.xtensor.indexing import Index, IndexUpdate
 from pytensor.xtensor.shape import Broadcast, ExpandDims, UnStack, ones_like, zeros_like
-from pytensor.xtensor.type import XTensorType, as_xtensor
+from pytensor.xtensor.type import XTensorType
 from pytensor.xtensor.vectorization import XRV
 
-from pytensor_lazy_pullback.registry import (
-    CotangentRules,
-    register_absorbed_op,
-    register_cotangent_type,
-    register_undefined_gradient_op,
-    register_unlowered_op,
-)
-from pytensor_lazy_pullback.rewriting import expand_all_inner_graphs, expand_all_lazy_pullbacks
+from pytensor_lazy_pullback.rewriting import expand_inner_graphs, expand_lazy_pullback, graph_wide
+from pytensor_lazy_pullback.unlowered import UnloweredFamily, register_unlowered_family
+from pytensor_lazy_pullback.xtensor_transforms import vectorize_expansion
 
 __all__ = [
-    "align_labelled_cotangent",
-    "labelled_ones_like",
+    "align_xtensor_cotangent",
     "lower_xtensor_graph",
     "rename_pullback",
     "xop_connection_pattern",
@@ -79,19 +56,19 @@ def lower_xtensor_graph(fgraph: FunctionGraph) -> None:
     _lower_xtensor.rewrite(fgraph)
 
 
-def align_labelled_cotangent(var: Variable, cotangent: Variable) -> Variable:
+def align_xtensor_cotangent(var: Variable, cotangent: Variable) -> Variable:
     """Return `cotangent` transposed to `var`'s dims, matching dims by name.
 
     Raises
     ------
     TypeError
-        If `cotangent` is not labelled, or its dims are not those of `var`.
+        If `cotangent` is not an XTensorVariable, or its dims are not those of `var`.
     """
     if not isinstance(cotangent.type, XTensorType):
         raise TypeError(
-            f"The cotangent of the labelled variable {var} (dims {var.type.dims}) "
+            f"The cotangent of the XTensorVariable {var} (dims {var.type.dims}) "
             f"must be an XTensorVariable with the same dims, got {cotangent} of type "
-            f"{cotangent.type}. Label it first, e.g. "
+            f"{cotangent.type}. Convert it first, e.g. "
             f"pytensor.xtensor.as_xtensor(cotangent, dims={var.type.dims!r})."
         )
     if cotangent.type.dims == var.type.dims:
@@ -99,7 +76,7 @@ def align_labelled_cotangent(var: Variable, cotangent: Variable) -> Variable:
     if sorted(cotangent.type.dims) != sorted(var.type.dims):
         raise TypeError(
             f"The cotangent {cotangent} has dims {cotangent.type.dims}, but the "
-            f"labelled variable {var} it belongs to has dims {var.type.dims}. "
+            f"XTensorVariable {var} it belongs to has dims {var.type.dims}. "
             "A cotangent must have exactly the dims of its variable (in any order)."
         )
     return cotangent.transpose(*var.type.dims)
@@ -114,7 +91,7 @@ def rename_pullback(self, inputs, outputs, output_grads):
     [x] = inputs
     [out] = outputs
     [cotangent] = output_grads
-    return [Rename(x.type.dims)(align_labelled_cotangent(out, cotangent))]
+    return [Rename(x.type.dims)(align_xtensor_cotangent(out, cotangent))]
 
 
 def xop_connection_pattern(self, node) -> list[list[bool]]:
@@ -156,7 +133,7 @@ def conversion_pushforward(self, inputs, outputs, tangents):
     if isinstance(tangent.type, DisconnectedType):
         return [tangent]
     if isinstance(x.type, XTensorType):
-        tangent = align_labelled_cotangent(x, tangent)
+        tangent = align_xtensor_cotangent(x, tangent)
     return [self(tangent)]
 
 
@@ -179,55 +156,31 @@ def xtensor_in_same_class(self: XTensorType, otype) -> bool:
     )
 
 
-def labelled_ones_like(var: Variable) -> Variable:
-    """Labelled floating-point ones like `var`; a constant if `var` is 0-d.
-
-    The 0-d case is :func:`pytensor.grad`'s seed for a labelled cost: as a
-    constant it does not tie the gradient graph to the forward pass, so that
-    ``vectorize_graph`` of a gradient need not batch the forward graph.
-    """
-    dtype = _float_dtype(var)
-    if var.type.ndim == 0:
-        return as_xtensor(constant(np.ones((), dtype=dtype)), dims=())
-    return ones_like(var, dtype=dtype)
-
-
-def _float_dtype(var: Variable) -> str:
-    from pytensor import config
-    from pytensor.tensor.type import float_dtypes
-
-    return var.type.dtype if var.type.dtype in float_dtypes else config.floatX
-
-
-register_unlowered_op(XOp, lower_xtensor_graph)
-register_unlowered_op(Rename, lower_xtensor_graph, conversion=True)
-register_unlowered_op(XTensorFromTensor, lower_xtensor_graph, conversion=True)
-register_unlowered_op(TensorFromXTensor, lower_xtensor_graph, conversion=True)
-register_undefined_gradient_op(XRV, "No gradient defined for random variables")
-register_absorbed_op(MakeSlice)
-register_cotangent_type(
-    XTensorType,
-    CotangentRules(
-        align=align_labelled_cotangent,
-        zeros_like=lambda var: zeros_like(var, dtype=_float_dtype(var)),
-        ones_like=labelled_ones_like,
-    ),
+XTENSOR = UnloweredFamily(
+    ops=(XOp, Rename, XTensorFromTensor, TensorFromXTensor),
+    conversions=(Rename, XTensorFromTensor, TensorFromXTensor),
+    lower=lower_xtensor_graph,
+    variable_type=XTensorType,
+    align_cotangent=align_xtensor_cotangent,
+    zeros_like=lambda var, dtype: zeros_like(var, dtype=dtype),
+    ones_like=lambda var, dtype: ones_like(var, dtype=dtype),
+    undefined_gradient=((XRV, "No gradient defined for random variables"),),
+    structural_ops=(MakeSlice,),
+    vectorize=vectorize_expansion,
 )
-# So that ``rewrite_graph(grads, include=("lower_xtensor",))`` expands lazy
-# gradients too.  A graph rewriter in an equilibrium runs before its node
-# rewriters and is not wrapped in a failure callback (an expansion error must
-# reach the user).
-lower_xtensor_db.register(
-    "expand_lazy_pullback",
-    expand_all_lazy_pullbacks,
-    "fast_run",
-    "fast_compile",
-    "minimum_compile",
-)
-lower_xtensor_db.register(
-    "expand_inner_graphs",
-    expand_all_inner_graphs,
-    "fast_run",
-    "fast_compile",
-    "minimum_compile",
-)
+"""The xtensor Ops as an un-lowered family."""
+
+register_unlowered_family(XTENSOR)
+
+# First in ``lower_xtensor``: a graph rewriter of an equilibrium runs before
+# its node rewriters (the forward pass is still un-lowered, so an expansion
+# lowers it once, shared with the pullback), and is not wrapped in a failure
+# callback.
+for _rewriter in (expand_lazy_pullback, expand_inner_graphs):
+    lower_xtensor_db.register(
+        _rewriter.__name__,
+        graph_wide(_rewriter),
+        "fast_run",
+        "fast_compile",
+        "minimum_compile",
+    )

@@ -1,26 +1,10 @@
-"""Jacobians and vectorization of lazy gradients of labelled graphs.
+"""Jacobians and vectorization of lazy gradients of xtensor graphs.
 
-Upstream home: ``pytensor/xtensor/gradient.py`` (called from ``jacobian`` in
-``pytensor/gradient.py`` and ``vectorize_graph`` in
-``pytensor/xtensor/vectorization.py``).
-
-* :func:`jacobian`: :func:`pytensor.gradient.jacobian` calls ``ravel`` and
-  ``reshape`` on its expression, which an `XTensorVariable` does not have.  For
-  a labelled expression the Jacobian is computed on its values and labelled
-  again: with respect to a labelled `wrt` it has the dims
-  ``(*expression.dims, *wrt.dims)``; with respect to a plain tensor it is a
-  tensor of shape ``(*expression.shape, *wrt.shape)``.
-* ``pytensor.xtensor.vectorization.vectorize_graph`` (overridden)
-  tells xtensor Ops the name of the dim it adds, but not other Ops; a
-  `LazyPullback` that only sees plain tensors batched could not name it.  So
-  lazy pullbacks are expanded first, then batched like any labelled graph.
-* :func:`vectorize_expansion`: ``pytensor.graph.replace.vectorize_graph``
-  names no new dim at all; an expanded `LazyPullback` takes the name from its
-  batched labelled inputs.
-
-``pytensor.gradient.jacobian`` and ``pytensor.xtensor.vectorization.vectorize_graph``
-call :func:`xtensor_jacobian` and :func:`expand_lazy_pullbacks_first` first;
-:func:`vectorize_expansion` is registered as the expansion vectorizer.
+Upstream home: ``pytensor/xtensor/gradient.py``, called at the start of
+``jacobian`` (``pytensor/gradient.py``), of ``vectorize_graph``
+(``pytensor/xtensor/vectorization.py``) and of
+``XTensorFromTensor.vectorize_node``; :func:`vectorize_expansion` is the
+xtensor family's vectorizer.
 """
 
 from __future__ import annotations
@@ -32,15 +16,15 @@ import pytensor
 import pytensor.gradient
 import pytensor.tensor as pt
 from pytensor.graph.basic import Variable
-from pytensor.graph.traversal import ancestors
+from pytensor.graph.traversal import ancestors, toposort
 from pytensor.graph.replace import vectorize_graph as vectorize_tensor_graph
 from pytensor.tensor.extra_ops import broadcast_to
 from pytensor.tensor.type import TensorType
 from pytensor.xtensor.type import XTensorType, as_xtensor
-from pytensor.xtensor.vectorization import vectorize_graph as vectorize_labelled_graph
+from pytensor.xtensor.vectorization import vectorize_graph as vectorize_xtensor_graph
 
-from pytensor_lazy_pullback.registry import register_expansion_vectorizer
-from pytensor_lazy_pullback.rewriting import with_lazy_pullbacks_expanded
+from pytensor_lazy_pullback.op import LazyPullback
+from pytensor_lazy_pullback.rewriting import expand_lazy_pullback
 
 __all__ = [
     "expand_lazy_pullbacks_first",
@@ -61,14 +45,14 @@ def jacobian(
     disconnected_inputs="raise",
     vectorize=False,
 ):
-    """The Jacobian of a labelled `expression` (:func:`pytensor.gradient.jacobian`).
+    """The Jacobian of an xtensor `expression` (:func:`pytensor.gradient.jacobian`).
 
     Parameters
     ----------
     expression : XTensorVariable
-        The labelled variable to differentiate, of any number of dims.
+        The XTensorVariable to differentiate, of any number of dims.
     wrt : Variable or list or tuple of Variable
-        The variables to differentiate with respect to, labelled or not.
+        The variables to differentiate with respect to, XTensorVariables or tensors.
     consider_constant, disconnected_inputs
         As for :func:`pytensor.grad`.
     vectorize : bool
@@ -78,7 +62,7 @@ def jacobian(
     Returns
     -------
     Variable or list or tuple of Variable
-        Shaped like `wrt`.  For a labelled ``w`` an `XTensorVariable` with dims
+        Shaped like `wrt`.  For an XTensorVariable ``w`` an `XTensorVariable` with dims
         ``(*expression.dims, *w.dims)``; for a plain ``w`` a tensor of shape
         ``(*expression.shape, *w.shape)``, the expression's axes in its dims'
         order.  A 0-d `expression` gives its gradients.
@@ -86,12 +70,12 @@ def jacobian(
     Raises
     ------
     ValueError
-        If a labelled ``w`` shares a dim name with `expression`: the Jacobian
+        If an XTensorVariable ``w`` shares a dim name with `expression`: the Jacobian
         would have that dim twice.
     """
     wrt_list = list(wrt) if isinstance(wrt, list | tuple) else [wrt]
     for w in wrt_list:
-        if _is_labelled(w) and (shared := set(w.type.dims) & set(expression.type.dims)):
+        if _is_xtensor(w) and (shared := set(w.type.dims) & set(expression.type.dims)):
             dim = sorted(shared)[0]
             raise ValueError(
                 f"The Jacobian of {expression} (dims {expression.type.dims}) with respect "
@@ -111,7 +95,7 @@ def jacobian(
         )
         shape = tuple(expression.values.shape)
         matrices = [
-            _labelled_like(row.reshape((*shape, *tuple(row.shape)[1:])), expression, w)
+            _xtensor_like(row.reshape((*shape, *tuple(row.shape)[1:])), expression, w)
             for row, w in zip(rows, wrt_list, strict=True)
         ]
     return pytensor.gradient.as_list_or_tuple(
@@ -130,8 +114,8 @@ def _rows_vectorized(expression, wrt, grad_kwargs) -> list[Variable]:
         (n_rows, *tuple(expression.values.shape))
     )
     batched = as_xtensor(identity, dims=(row_dim, *expression.type.dims))
-    rows = vectorize_labelled_graph(
-        with_lazy_pullbacks_expanded(single), {cotangent: batched}
+    rows = vectorize_xtensor_graph(
+        _expanded_below(single), {cotangent: batched}
     )
     # A row that does not depend on the cotangent (a disconnected input) is
     # not batched: repeat it.
@@ -160,11 +144,11 @@ def _rows_by_scan(expression, wrt, grad_kwargs) -> list[Variable]:
 def xtensor_jacobian(
     expression, wrt, consider_constant=None, disconnected_inputs="raise", vectorize=False
 ):
-    """:func:`jacobian` if `expression` is labelled, else ``None``.
+    """:func:`jacobian` if `expression` is an XTensorVariable, else ``None``.
 
     Called at the start of :func:`pytensor.gradient.jacobian`.
     """
-    if _is_labelled(expression):
+    if _is_xtensor(expression):
         return jacobian(expression, wrt, consider_constant, disconnected_inputs, vectorize)
     return None
 
@@ -176,15 +160,39 @@ def expand_lazy_pullbacks_first(
 
     Called at the start of ``pytensor.xtensor.vectorization.vectorize_graph``:
     a `LazyPullback` that only sees plain tensors batched could not name the
-    new dim, its expansion can be batched like any labelled graph.  Returns a
+    new dim, its expansion can be batched like any xtensor graph.  Returns a
     list if `outputs` is a sequence.  The keys of `replace` are kept (nothing
     above them is expanded), so the replacement still applies.
     """
     keys = list(replace)
     if isinstance(outputs, Sequence):
-        return with_lazy_pullbacks_expanded(list(outputs), keys)
-    [expanded] = with_lazy_pullbacks_expanded([outputs], keys)
+        return _expanded_below(list(outputs), keys)
+    [expanded] = _expanded_below([outputs], keys)
     return expanded
+
+
+def _expanded_below(
+    outputs: Sequence[Variable], blockers: Sequence[Variable] = ()
+) -> list[Variable]:
+    """`outputs` with every `LazyPullback` between `blockers` and them expanded.
+
+    Unlike :func:`~pytensor_lazy_pullback.expand_lazy_pullbacks`, nothing is
+    cloned that does not depend on a `LazyPullback`: the forward graph keeps
+    its own variables, so a replacement keyed on them (as in
+    ``vectorize_graph``) still applies.  Nothing above a blocker is looked at.
+    The given graph is not modified.
+    """
+    new: dict[Variable, Variable] = {}
+    for node in toposort(outputs, blockers=blockers):
+        inputs = [new.get(inp, inp) for inp in node.inputs]
+        changed = any(a is not b for a, b in zip(inputs, node.inputs, strict=True))
+        rebuilt = node.clone_with_new_inputs(inputs, strict=False) if changed else node
+        if isinstance(node.op, LazyPullback):
+            expansion = expand_lazy_pullback.transform(None, rebuilt)
+            new.update((out, expansion[new_out]) for out, new_out in zip(node.outputs, rebuilt.outputs))
+        elif changed:
+            new.update(zip(node.outputs, rebuilt.outputs, strict=True))
+    return [new.get(out, out) for out in outputs]
 
 
 def vectorize_expansion(
@@ -192,10 +200,10 @@ def vectorize_expansion(
 ) -> list[Variable]:
     """Batch an expanded `LazyPullback` for ``pytensor.graph.replace.vectorize_graph``.
 
-    The expansion may hold conversions to labelled variables (a gradient with
-    respect to a labelled input), which need the new dim's name.  It is the
-    new dim of the batched labelled inputs, which positional batch axes of
-    plain tensors share.  If only plain tensors are batched, a labelled result
+    The expansion may hold conversions to XTensorVariables (a gradient with
+    respect to an xtensor input), which need the new dim's name.  It is the
+    new dim of the batched xtensor inputs, which positional batch axes of
+    plain tensors share.  If only plain tensors are batched, an xtensor result
     gets a dim named ``__unnamed_batch_dim_0__`` (where PyTensor's own
     conversion from tensors raises `NotImplementedError`); converted back to a
     tensor it is an ordinary leading batch axis.
@@ -203,7 +211,7 @@ def vectorize_expansion(
     named: list[str] = []
     n_axes = 0
     for old, new in replace.items():
-        if _is_labelled(old) and _is_labelled(new):
+        if _is_xtensor(old) and _is_xtensor(new):
             named.extend(d for d in new.type.dims if d not in old.type.dims and d not in named)
         elif isinstance(old.type, TensorType) and isinstance(new.type, TensorType):
             n_axes = max(n_axes, new.type.ndim - old.type.ndim)
@@ -215,18 +223,23 @@ def vectorize_expansion(
         while len(unnamed) < n_axes - len(named):
             unnamed.append(_fresh_dim(taken | set(unnamed)))
     new_dims = [*unnamed, *named]
-    # Only outputs that depend on a batched input: PyTensor's labelled
+    # Only outputs that depend on a batched input: PyTensor's xtensor
     # vectorizer gives every output the new dims and cannot for the others
     # (an input of the `LazyPullback` need not reach every cotangent).
-    batched = {old for old, new in replace.items() if new is not old}
+    # Only the inputs that changed, too: the xtensor vectorizer broadcasts
+    # every tensor it is given to the new dims, so an unchanged one (the
+    # forward inputs of the region, which ``vectorize_graph`` passes as they
+    # are) would batch the forward pass recomputed on its broadcast copies
+    # (a ``Blockwise`` ``Einsum`` the reference does not have).
+    batched = {old: new for old, new in replace.items() if new is not old}
     dependent = [
         i for i, out in enumerate(outputs) if any(var in batched for var in ancestors([out]))
     ]
     results = list(outputs)
     if dependent:
-        vectorized = vectorize_labelled_graph(
+        vectorized = vectorize_xtensor_graph(
             [outputs[i] for i in dependent],
-            replace,
+            batched,
             new_tensor_dims=new_dims[len(new_dims) - n_axes :],
         )
         for i, out in zip(dependent, vectorized, strict=True):
@@ -234,20 +247,20 @@ def vectorize_expansion(
     return results
 
 
-def _is_labelled(var) -> bool:
+def _is_xtensor(var) -> bool:
     return isinstance(getattr(var, "type", None), XTensorType)
 
 
 def _dims(var) -> tuple[str, ...]:
-    return var.type.dims if _is_labelled(var) else ()
+    return var.type.dims if _is_xtensor(var) else ()
 
 
 def _values(var: Variable) -> Variable:
-    return var.values if _is_labelled(var) else var
+    return var.values if _is_xtensor(var) else var
 
 
-def _labelled_like(matrix: Variable, expression: Variable, w: Variable) -> Variable:
-    if _is_labelled(w):
+def _xtensor_like(matrix: Variable, expression: Variable, w: Variable) -> Variable:
+    if _is_xtensor(w):
         return as_xtensor(matrix, dims=(*expression.type.dims, *w.type.dims))
     return matrix
 
@@ -265,7 +278,7 @@ def new_dim_names(op, node, new_x) -> list[str]:
     conversion then refuses to guess.  A lazy gradient keeps the user's
     forward conversions (an ordinary pullback between two regions reads them),
     which the reference, lowered first, does not have.  So the new leading
-    axes take the names of the new dims of the labelled variables the tensor
+    axes take the names of the new dims of the XTensorVariables the tensor
     was computed from, or else ``__unnamed_batch_dim_<i>__``, as for an
     expanded `LazyPullback` (:func:`vectorize_expansion`).
     """
@@ -296,5 +309,3 @@ def naming_new_dims(original: Callable) -> Callable:
 
     return vectorize_node
 
-
-register_expansion_vectorizer(vectorize_expansion)

@@ -46,8 +46,7 @@ sys.path.insert(0, str(SCRIPTS))
 import pytensor_suites  # noqa: E402  (sdist fetching and caching)
 
 MODULES = {
-    "registry.py": "pytensor/graph/lowering.py",
-    # Its docstring says "next to the registry": a module of its own there.
+    "unlowered.py": "pytensor/graph/lowering.py",
     "regions.py": "pytensor/graph/regions.py",
     "op.py": "pytensor/gradient_lazy.py",
     "rewriting.py": "pytensor/tensor/rewriting/lazy_pullback.py",
@@ -62,7 +61,7 @@ ADDON_ONLY = {"integration.py", "__init__.py"}
 
 PUBLIC_NAMES = {
     "LazyPullback": "op.py",
-    "LazyPullbackNotExpandedError": "op.py",
+    "LazyPullbackNotExpandedError": "unlowered.py",
     "LazyPullbackExpansionError": "rewriting.py",
     "expand_lazy_pullback": "rewriting.py",
     "expand_lazy_pullbacks": "rewriting.py",
@@ -244,10 +243,10 @@ GRADIENT_HOOKS = [
         ["f", "wrt", "tangents", "disconnected_outputs", "return_disconnected",
          "use_op_pushforward"],
         """\
-        from pytensor.gradient_lazy import has_cotangent_rules, pushforward_labelled
+        from pytensor.gradient_lazy import family_pushforward, has_family_variables
 
-        if has_cotangent_rules(f, wrt, tangents):
-            return pushforward_labelled(
+        if has_family_variables(f, wrt, tangents):
+            return family_pushforward(
                 f, wrt, tangents, disconnected_outputs, return_disconnected, use_op_pushforward
             )
         """,
@@ -256,9 +255,9 @@ GRADIENT_HOOKS = [
         "jacobian",
         ["expression", "wrt", "consider_constant", "disconnected_inputs", "vectorize"],
         """\
-        from pytensor.gradient_lazy import has_cotangent_rules
+        from pytensor.gradient_lazy import has_family_variables
 
-        if has_cotangent_rules(expression):
+        if has_family_variables(expression):
             from pytensor.xtensor.gradient import xtensor_jacobian
 
             return xtensor_jacobian(
@@ -462,19 +461,14 @@ def add_sorted_import(src: Path, rel: str, module: str, after: str | None = None
 def import_edits(src: Path) -> list[SourceFile]:
     """The imports that make the new modules' registrations run."""
     return [
-        # expand_lazy_pullback in optdb, LazyPullback's vectorize_node.
+        # expand_inner_graphs in optdb.
         add_sorted_import(
             src, "pytensor/tensor/rewriting/__init__.py", "pytensor.tensor.rewriting.lazy_pullback"
         ),
-        # XOp & co. as un-lowered, the expansion inside lower_xtensor.
+        # The xtensor family, the expansion first in lower_xtensor.
         add_sorted_import(
             src, "pytensor/xtensor/rewriting/__init__.py",
             "pytensor.xtensor.rewriting.lazy_pullback",
-        ),
-        # The expansion vectorizer for xtensor.
-        add_sorted_import(
-            src, "pytensor/xtensor/__init__.py", "pytensor.xtensor.gradient",
-            after="pytensor.xtensor.rewriting",
         ),
     ]
 

@@ -20,6 +20,7 @@ from pytensor.compile.builders import OpFromGraph
 from pytensor.graph.op import HasInnerGraph
 from pytensor.graph.rewriting.utils import rewrite_graph
 from pytensor.graph.traversal import applys_between, graph_inputs
+from pytensor.xtensor.rewriting.utils import lower_xtensor_db
 from pytensor.scan.op import Scan
 from pytensor.xtensor.basic import XOp
 
@@ -260,7 +261,10 @@ def test_nested_scan():
 def test_registered_before_scan_and_ofg_rewrites():
     position = optdb.__position__
     assert position["expand_inner_graphs"] < position["scan_eqopt1"]
-    assert position["expand_inner_graphs"] < position["expand_lazy_pullback"]
+    assert position["expand_inner_graphs"] < position["lower_xtensor"]
+    # The expansion itself runs first in lower_xtensor, registered only there.
+    assert "expand_lazy_pullback" not in optdb.__db__
+    assert "expand_lazy_pullback" in lower_xtensor_db.__db__
     tags = optdb.__db__["expand_inner_graphs"]
     for tag in ("fast_run", "fast_compile", "minimum_compile"):
         assert tag in optdb.__db__ and any(r in optdb.__db__[tag] for r in tags)
