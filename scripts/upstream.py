@@ -74,18 +74,18 @@ PUBLIC_NAMES = {
 TEST_DIR = "tests/xtensor"
 HELPER = "lazy_pullback_helpers"
 TESTS = {
-    "test_contract.py": "test_lazy_pullback.py",
+    "test_grad_arguments.py": "test_lazy_pullback.py",
     "test_bad_input.py": "test_lazy_pullback_errors.py",
     "test_composites.py": "test_lazy_pullback_composites.py",
-    "test_families.py": "test_lazy_pullback_families.py",
-    "test_more_families.py": "test_lazy_pullback_more_families.py",
-    "test_higher_order.py": "test_lazy_pullback_higher_order.py",
-    "test_integer_inputs.py": "test_lazy_pullback_integer_inputs.py",
-    "test_labelled_transforms.py": "test_lazy_pullback_transforms.py",
-    "test_laziness.py": "test_lazy_pullback_laziness.py",
+    "test_grad_math.py": "test_lazy_pullback_families.py",
+    "test_grad_indexing.py": "test_lazy_pullback_more_families.py",
+    "test_hessian.py": "test_lazy_pullback_higher_order.py",
+    "test_dtypes.py": "test_lazy_pullback_integer_inputs.py",
+    "test_pullback_pushforward.py": "test_lazy_pullback_transforms.py",
+    "test_lazy_pullback_op.py": "test_lazy_pullback_laziness.py",
     "test_vectorize.py": "test_lazy_pullback_vectorize.py",
     "test_inner_graphs.py": "test_lazy_pullback_inner_graphs.py",
-    "test_lazy_pushforward.py": "test_lazy_pushforward.py",
+    "test_lazy_pushforward_op.py": "test_lazy_pushforward.py",
     "test_expansion_errors.py": "test_lazy_pullback_expansion_errors.py",
 }
 """Tests of this repository carried into the patch.  Left out: test_pymc.py
@@ -554,12 +554,12 @@ def helper_import_prefix(src: Path) -> str:
 
 
 def rewrite_test_imports(text: str, tree: ast.Module, helper: str, rel: str) -> str:
-    """Rewrite the imports of this package and of ``reference`` in a test module."""
+    """Rewrite the imports of this package and of ``helpers`` in a test module."""
     lines = text.splitlines(keepends=True)
     edits = []
     for node in tree.body:
         new = None
-        if isinstance(node, ast.ImportFrom) and node.module == "reference":
+        if isinstance(node, ast.ImportFrom) and node.module == "helpers":
             new = f"from {helper} import " + ", ".join(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module == "pytensor_lazy_pullback":
             by_module: dict[str, list[str]] = {}
@@ -639,10 +639,10 @@ def _after_imports(text: str, line: str) -> str:
 
 
 def helper_module() -> str:
-    """tests/reference.py and tests/conftest.py's fixtures, as one helper module."""
-    reference = (REPO / "tests" / "reference.py").read_text()
+    """tests/helpers.py and tests/conftest.py's fixtures, as one helper module."""
+    reference = (REPO / "tests" / "helpers.py").read_text()
     tree = ast.parse(reference)
-    reference = rewrite_test_imports(reference, tree, HELPER, "reference.py")
+    reference = rewrite_test_imports(reference, tree, HELPER, "helpers.py")
     conftest = (REPO / "tests" / "conftest.py").read_text()
     ctree = ast.parse(conftest)
     body_start_line = min(

@@ -12,7 +12,7 @@ from pytensor.graph.traversal import applys_between, graph_inputs
 from pytensor.xtensor.type import XTensorType
 
 from pytensor_lazy_pullback import LazyPullback
-from reference import (
+from helpers import (
     MODE,
     assert_lazy,
     assert_same_gradients,

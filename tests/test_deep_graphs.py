@@ -31,7 +31,7 @@ from pytensor_lazy_pullback import (
 )
 from pytensor_lazy_pullback.integration import _originals
 from pytensor_lazy_pullback.rewriting import deep_pullback, lower_graph, max_pullback_depth
-from reference import lower
+from helpers import lower
 
 LIMIT = sys.getrecursionlimit()
 """The limit as PyTensor left it at import; no test may raise it."""

@@ -22,7 +22,7 @@ from pytensor_lazy_pullback import (
     LazyPullbackExpansionError,
     expand_lazy_pullbacks,
 )
-from reference import assert_graph_unchanged, assert_lazy, graph_snapshot, lower
+from helpers import assert_graph_unchanged, assert_lazy, graph_snapshot, lower
 
 
 

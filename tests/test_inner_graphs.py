@@ -24,7 +24,7 @@ from pytensor.scan.op import Scan
 from pytensor.xtensor.basic import XOp
 
 from pytensor_lazy_pullback import LazyPullback, integration_disabled
-from reference import COUNT_MODE, MODE, assert_same_gradients, lower
+from helpers import COUNT_MODE, MODE, assert_same_gradients, lower
 
 
 # The model of the benchmark: a labelled dense layer, differentiated wrt w.

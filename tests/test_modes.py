@@ -17,7 +17,7 @@ from pytensor.graph.rewriting.utils import rewrite_graph
 from pytensor.xtensor.basic import XOp
 
 from pytensor_lazy_pullback import LazyPullback, LazyPullbackNotExpandedError, LazyPushforward
-from reference import lower, random_values, reference_grad, weighted_cost
+from helpers import lower, random_values, reference_grad, weighted_cost
 
 
 def _chain(x):

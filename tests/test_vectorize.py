@@ -32,7 +32,7 @@ from pytensor_lazy_pullback import LazyPullback, integration_disabled
 # The add-on rebinds ``pytensor.xtensor.vectorization.vectorize_graph``: always
 # look it up as a module attribute, after importing the add-on.
 import pytensor.xtensor.vectorization as xvec
-from reference import (
+from helpers import (
     assert_graph_unchanged,
     graph_snapshot,
     MODE,

@@ -11,7 +11,7 @@ import pytensor.xtensor as px
 import pytest
 from pytensor.gradient import DisconnectedInputError
 
-from reference import assert_lazy, assert_same_gradients, reference_grad
+from helpers import assert_lazy, assert_same_gradients, reference_grad
 
 RATE = np.array([0.5, 1.5, 3.0])
 COUNTS = np.array([0, 2, 5])

@@ -19,7 +19,7 @@ from pytensor.graph.null_type import NullType
 from pytensor.tensor.type import continuous_dtypes
 from pytensor.xtensor.type import XTensorType
 
-from reference import (
+from helpers import (
     MODE,
     assert_lazy,
     assert_same_gradients,

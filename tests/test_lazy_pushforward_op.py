@@ -13,7 +13,7 @@ from pytensor.graph.basic import equal_computations
 from pytensor.graph.traversal import ancestors
 
 from pytensor_lazy_pullback import LazyPullback, LazyPushforward, expand_lazy_pullbacks
-from reference import COUNT_MODE, MODE, assert_same_gradients, lower
+from helpers import COUNT_MODE, MODE, assert_same_gradients, lower
 
 W = np.array([0.3, -0.7, 1.1])
 

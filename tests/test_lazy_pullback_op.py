@@ -18,7 +18,7 @@ from pytensor.xtensor.basic import XOp
 
 import pytensor_lazy_pullback.registry as registry
 from pytensor_lazy_pullback import LazyPullback, expand_lazy_pullbacks
-from reference import (
+from helpers import (
     assert_same_gradients,
     compile_values,
     lazy_nodes,

@@ -1,7 +1,7 @@
 """Cross-family contract tests: ``pt.grad`` with the package against the lower-then-grad reference.
 
 Each test differentiates an un-lowered xtensor graph with the package and compares the
-result with :func:`reference.reference_grad` (lower first, then ``pt.grad``), and with
+result with :func:`helpers.reference_grad` (lower first, then ``pt.grad``), and with
 finite differences where the graph has plain-tensor inputs.
 """
 
@@ -17,7 +17,7 @@ from pytensor.gradient import DisconnectedInputError, DisconnectedType
 from pytensor.graph.traversal import ancestors
 from pytensor.xtensor.type import XTensorType, XTensorVariable
 
-from reference import (
+from helpers import (
     MODE,
     assert_graph_unchanged,
     assert_lazy,

@@ -10,7 +10,7 @@ import pytest
 from pytensor.graph.traversal import ancestors
 
 from pytensor_lazy_pullback import LazyPushforward
-from reference import assert_same_gradients, lower, random_values
+from helpers import assert_same_gradients, lower, random_values
 
 WEIGHTS = np.arange(9.0).reshape(3, 3) - 4.0
 

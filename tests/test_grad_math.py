@@ -4,7 +4,7 @@ import pytest
 import pytensor.xtensor as px
 import pytensor.xtensor.math as pxm
 
-from reference import check_family
+from helpers import check_family
 
 AB = [("a", "b")]
 AB_34 = [(3, 4)]

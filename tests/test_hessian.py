@@ -10,7 +10,7 @@ import pytest
 from pytensor.graph.traversal import applys_between, graph_inputs
 
 from pytensor_lazy_pullback import LazyPullback
-from reference import MODE, assert_same_gradients, lower, random_values, reference_grad
+from helpers import MODE, assert_same_gradients, lower, random_values, reference_grad
 
 
 def labelled_cost():
