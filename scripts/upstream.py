@@ -74,9 +74,8 @@ PUBLIC_NAMES = {
 TEST_DIR = "tests/xtensor"
 HELPER = "lazy_pullback_helpers"
 TESTS = {
-    "test_grad_arguments.py": "test_lazy_pullback.py",
-    "test_bad_input.py": "test_lazy_pullback_errors.py",
-    "test_composites.py": "test_lazy_pullback_composites.py",
+    # Gradients of each family, by the module of pytensor.xtensor defining it
+    # (next to PyTensor's own tests/xtensor/test_<module>.py).
     "test_grad_basic.py": "test_lazy_pullback_basic.py",
     "test_grad_indexing.py": "test_lazy_pullback_indexing.py",
     "test_grad_linalg.py": "test_lazy_pullback_linalg.py",
@@ -85,19 +84,27 @@ TESTS = {
     "test_grad_reduction.py": "test_lazy_pullback_reduction.py",
     "test_grad_shape.py": "test_lazy_pullback_shape.py",
     "test_grad_signal.py": "test_lazy_pullback_signal.py",
-    "test_hessian.py": "test_lazy_pullback_higher_order.py",
-    "test_dtypes.py": "test_lazy_pullback_integer_inputs.py",
-    "test_pullback_pushforward.py": "test_lazy_pullback_transforms.py",
-    "test_lazy_pullback_op.py": "test_lazy_pullback_laziness.py",
-    "test_vectorize.py": "test_lazy_pullback_vectorize.py",
-    "test_inner_graphs.py": "test_lazy_pullback_inner_graphs.py",
-    "test_lazy_pushforward_op.py": "test_lazy_pushforward.py",
+    # The machinery, by topic.
+    "test_bad_input.py": "test_lazy_pullback_bad_input.py",
+    "test_dtypes.py": "test_lazy_pullback_dtypes.py",
     "test_expansion_errors.py": "test_lazy_pullback_expansion_errors.py",
+    "test_grad_arguments.py": "test_lazy_pullback_grad_arguments.py",
+    "test_hessian.py": "test_lazy_pullback_hessian.py",
+    "test_inner_graphs.py": "test_lazy_pullback_inner_graphs.py",
+    "test_jacobian.py": "test_lazy_pullback_jacobian.py",
+    "test_lazy_pullback_op.py": "test_lazy_pullback_op.py",
+    "test_lazy_pushforward_op.py": "test_lazy_pushforward_op.py",
+    "test_pullback_pushforward.py": "test_lazy_pullback_pullback_pushforward.py",
+    "test_regions.py": "test_lazy_pullback_regions.py",
+    "test_vectorize.py": "test_lazy_pullback_vectorize.py",
 }
-"""Tests of this repository carried into the patch.  Left out: test_pymc.py
-(pymc), test_deep_graphs.py (it compares with the add-on's own walk and
-compiles for minutes), test_modes.py and test_fuzz.py (time:
-the mode matrix and the fuzzer stay the add-on's), test_pytensor_suites.py."""
+"""Tests of this repository carried into the patch (``tests/NAME`` ->
+``tests/xtensor/TARGET``).  Left out: test_pymc.py (pymc), test_deep_graphs.py
+(it compares with the add-on's own walk and compiles for minutes),
+test_modes.py and test_fuzz.py (time: the mode matrix and the fuzzer stay the
+add-on's), test_integration.py (the add-on's switch and version check: every
+test of it would be left out by :data:`EXCLUDED_TEST`), test_pytensor_suites.py
+and test_upstream_patch.py (they run this repository's scripts)."""
 
 EXCLUDED_TEST = re.compile(
     r"\bsubprocess\b|\bpymc\b|\bjax\b|\bJAX\b|\benable\(|\bdisable\(|\bis_enabled\b|"
@@ -573,6 +580,8 @@ def rewrite_test_imports(text: str, tree: ast.Module, helper: str, rel: str) -> 
                 if alias.name == "integration":
                     continue  # used only by tests left out (checked below)
                 if alias.name == "integration_disabled":
+                    if rel == "helpers.py":
+                        continue  # the helper module defines it itself
                     by_module.setdefault(helper, []).append(alias.name)
                 elif alias.name in PUBLIC_NAMES:
                     home = dotted(MODULES[PUBLIC_NAMES[alias.name]])
@@ -628,6 +637,9 @@ def in_tree_test(name: str, helper: str) -> str:
     text = _after_imports(
         text, f"from {helper} import {fixtures}  # noqa: F401  (fixtures)\n"
     )
+    # Mentions of the helper module and of other carried test files, by their in-tree names.
+    text = text.replace("`helpers.", f"`{HELPER}.")
+    text = re.sub(r"\b(test_\w+\.py)\b", lambda m: TESTS.get(m.group(1), m.group(1)), text)
     for leftover in ("plp.", "integration."):
         if leftover in text:
             raise AnchorError(f"tests/{name}: {leftover}: still used after leaving tests out")

@@ -1,4 +1,9 @@
-"""Test helpers: the reference gradient (lower first, then ``pt.grad``) and comparisons."""
+"""The one helper module of the tests.
+
+The reference gradient (lower first, then ``pt.grad``) and comparisons with it;
+the check of an Op family's gradient (`check_family`); finite differences;
+graph inspection (lazy nodes, snapshots); and graphs shared by several files.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 import pytensor.xtensor as px
+import pytensor.xtensor.math as pxm
 from pytensor.compile.mode import Mode, get_mode
 from pytensor.graph.basic import Variable
 from pytensor.graph.replace import clone_replace
@@ -18,7 +24,7 @@ from pytensor.tensor.type import continuous_dtypes
 from pytensor.xtensor.basic import XOp
 from pytensor.xtensor.type import XTensorType
 
-from pytensor_lazy_pullback import LazyPullback
+from pytensor_lazy_pullback import LazyPullback, integration_disabled
 
 MODE = "FAST_COMPILE"
 """Mode of most value checks: cheapest to compile; other backends are covered
@@ -55,6 +61,13 @@ def reference_grad(
         back = {f: v for v, f in fresh.items()}
         results.append(clone_replace(g, replace=back) if back else g)
     return results
+
+
+def reference_transform(transform, cost):
+    """`transform` (``hessian``, ``jacobian``, ...) of the lowered cost, with
+    PyTensor's own gradient machinery (the integration off)."""
+    with integration_disabled():
+        return transform(lower(cost))
 
 
 def compile_values(inputs, outputs, values, mode=MODE):
@@ -270,3 +283,38 @@ def assert_graph_unchanged(before, after):
         assert all(a is b for a, b in zip(inputs_after, inputs)), f"inputs of {node} changed"
         assert all(a is b for a, b in zip(outputs_after, outputs, strict=True)), node
         assert op_after is op, f"Op of {node} changed"
+
+
+# ---------------------------------------------------------------------------
+# Graphs shared by several test files
+# ---------------------------------------------------------------------------
+
+
+def interior_graph():
+    """x -> h (XOp, interior) -> v (plain tensor, interior) -> relabelled -> cost."""
+    x = px.xtensor("x", dims=("a", "b"), shape=(3, 4))
+    h = pxm.exp(x * 0.5) * x  # output of an XOp in the middle of the region
+    h.name = "h"
+    v = h.sum("b").values  # a plain tensor in the middle
+    v.name = "v"
+    back = px.as_xtensor(pt.sin(v) * v, dims=("a",))
+    cost = weighted_cost(back * h + x.mean("a"))
+    return x, h, v, cost
+
+
+W_IA = np.linspace(-0.8, 0.9, 12).reshape(4, 3)
+"""Fixed non-uniform weights of dims ("i", "a") (distinct sizes: a transposition cannot go unnoticed)."""
+
+
+def vector_fn(x):
+    """dims ("a",) -> dims ("i",), size 3 -> 4."""
+    return pxm.sin(x * px.as_xtensor(W_IA, dims=("i", "a"))).sum("a") * pxm.exp(x * 0.3).sum("a")
+
+
+def per_example_model():
+    """A one-example squared error of a labelled model: weights ``w``, plain data ``xi``, ``yi``."""
+    w, xi, yi = pt.vector("w", shape=(3,)), pt.vector("xi", shape=(3,)), pt.scalar("yi")
+    pred = pxm.tanh(px.dot(px.as_xtensor(xi, dims=("f",)), px.as_xtensor(w, dims=("f",)), dim="f"))
+    cost = ((pred - px.as_xtensor(yi, dims=())) ** 2).values
+    return w, xi, yi, cost
+

@@ -68,6 +68,7 @@ from helpers import (
     lower,
     random_values,
     reference_grad,
+    refines,
     weighted_cost,
 )
 
@@ -543,11 +544,6 @@ def fuzz_cost(out, seed: int):
     dtype = "float64" if is_discrete(out.type.dtype) else out.type.dtype
     weights = rng.uniform(-1, 1, size=out.type.shape).astype(dtype)
     return (out * px.as_xtensor(weights, dims=out.type.dims)).sum().values
-
-
-def refines(ours: tuple, ref: tuple) -> bool:
-    """Each static length of ``ours`` is the reference's, or the reference does not know it."""
-    return len(ours) == len(ref) and all(r is None or o == r for o, r in zip(ours, ref))
 
 
 def assert_close(got, want, what: str):
