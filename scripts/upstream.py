@@ -73,24 +73,37 @@ PUBLIC_NAMES = {
 TEST_DIR = "tests/xtensor"
 HELPER = "lazy_pullback_helpers"
 TESTS = {
-    "test_contract.py": "test_lazy_pullback.py",
-    "test_bad_input.py": "test_lazy_pullback_errors.py",
-    "test_composites.py": "test_lazy_pullback_composites.py",
-    "test_families.py": "test_lazy_pullback_families.py",
-    "test_more_families.py": "test_lazy_pullback_more_families.py",
-    "test_higher_order.py": "test_lazy_pullback_higher_order.py",
-    "test_integer_inputs.py": "test_lazy_pullback_integer_inputs.py",
-    "test_labelled_transforms.py": "test_lazy_pullback_transforms.py",
-    "test_laziness.py": "test_lazy_pullback_laziness.py",
-    "test_vectorize.py": "test_lazy_pullback_vectorize.py",
-    "test_inner_graphs.py": "test_lazy_pullback_inner_graphs.py",
-    "test_lazy_pushforward.py": "test_lazy_pushforward.py",
+    # Gradients of each family, by the module of pytensor.xtensor defining it
+    # (next to PyTensor's own tests/xtensor/test_<module>.py).
+    "test_grad_basic.py": "test_lazy_pullback_basic.py",
+    "test_grad_indexing.py": "test_lazy_pullback_indexing.py",
+    "test_grad_linalg.py": "test_lazy_pullback_linalg.py",
+    "test_grad_math.py": "test_lazy_pullback_math.py",
+    "test_grad_random.py": "test_lazy_pullback_random.py",
+    "test_grad_reduction.py": "test_lazy_pullback_reduction.py",
+    "test_grad_shape.py": "test_lazy_pullback_shape.py",
+    "test_grad_signal.py": "test_lazy_pullback_signal.py",
+    # The machinery, by topic.
+    "test_bad_input.py": "test_lazy_pullback_bad_input.py",
+    "test_dtypes.py": "test_lazy_pullback_dtypes.py",
     "test_expansion_errors.py": "test_lazy_pullback_expansion_errors.py",
+    "test_grad_arguments.py": "test_lazy_pullback_grad_arguments.py",
+    "test_hessian.py": "test_lazy_pullback_hessian.py",
+    "test_inner_graphs.py": "test_lazy_pullback_inner_graphs.py",
+    "test_jacobian.py": "test_lazy_pullback_jacobian.py",
+    "test_lazy_pullback_op.py": "test_lazy_pullback_op.py",
+    "test_lazy_pushforward_op.py": "test_lazy_pushforward_op.py",
+    "test_pullback_pushforward.py": "test_lazy_pullback_pullback_pushforward.py",
+    "test_regions.py": "test_lazy_pullback_regions.py",
+    "test_vectorize.py": "test_lazy_pullback_vectorize.py",
 }
-"""Tests of this repository carried into the patch.  Left out: test_pymc.py
-(pymc), test_deep_graphs.py (it compares with the add-on's own walk and
-compiles for minutes), test_modes.py and test_fuzz.py (time:
-the mode matrix and the fuzzer stay the add-on's), test_pytensor_suites.py."""
+"""Tests of this repository carried into the patch (``tests/NAME`` ->
+``tests/xtensor/TARGET``).  Left out: test_pymc.py (pymc), test_deep_graphs.py
+(it compares with the add-on's own walk and compiles for minutes),
+test_modes.py and test_fuzz.py (time: the mode matrix and the fuzzer stay the
+add-on's), test_integration.py (the add-on's switch and version check: every
+test of it would be left out by :data:`EXCLUDED_TEST`), test_pytensor_suites.py
+and test_upstream_patch.py (they run this repository's scripts)."""
 
 EXCLUDED_TEST = re.compile(
     r"\bsubprocess\b|\bpymc\b|\bjax\b|\bJAX\b|\benable\(|\bdisable\(|\bis_enabled\b|"
@@ -548,12 +561,12 @@ def helper_import_prefix(src: Path) -> str:
 
 
 def rewrite_test_imports(text: str, tree: ast.Module, helper: str, rel: str) -> str:
-    """Rewrite the imports of this package and of ``reference`` in a test module."""
+    """Rewrite the imports of this package and of ``helpers`` in a test module."""
     lines = text.splitlines(keepends=True)
     edits = []
     for node in tree.body:
         new = None
-        if isinstance(node, ast.ImportFrom) and node.module == "reference":
+        if isinstance(node, ast.ImportFrom) and node.module == "helpers":
             new = f"from {helper} import " + ", ".join(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module == "pytensor_lazy_pullback":
             by_module: dict[str, list[str]] = {}
@@ -561,6 +574,8 @@ def rewrite_test_imports(text: str, tree: ast.Module, helper: str, rel: str) -> 
                 if alias.name == "integration":
                     continue  # used only by tests left out (checked below)
                 if alias.name == "integration_disabled":
+                    if rel == "helpers.py":
+                        continue  # the helper module defines it itself
                     by_module.setdefault(helper, []).append(alias.name)
                 elif alias.name in PUBLIC_NAMES:
                     home = dotted(MODULES[PUBLIC_NAMES[alias.name]])
@@ -616,6 +631,9 @@ def in_tree_test(name: str, helper: str) -> str:
     text = _after_imports(
         text, f"from {helper} import {fixtures}  # noqa: F401  (fixtures)\n"
     )
+    # Mentions of the helper module and of other carried test files, by their in-tree names.
+    text = text.replace("`helpers.", f"`{HELPER}.")
+    text = re.sub(r"\b(test_\w+\.py)\b", lambda m: TESTS.get(m.group(1), m.group(1)), text)
     for leftover in ("plp.", "integration."):
         if leftover in text:
             raise AnchorError(f"tests/{name}: {leftover}: still used after leaving tests out")
@@ -633,10 +651,10 @@ def _after_imports(text: str, line: str) -> str:
 
 
 def helper_module() -> str:
-    """tests/reference.py and tests/conftest.py's fixtures, as one helper module."""
-    reference = (REPO / "tests" / "reference.py").read_text()
+    """tests/helpers.py and tests/conftest.py's fixtures, as one helper module."""
+    reference = (REPO / "tests" / "helpers.py").read_text()
     tree = ast.parse(reference)
-    reference = rewrite_test_imports(reference, tree, HELPER, "reference.py")
+    reference = rewrite_test_imports(reference, tree, HELPER, "helpers.py")
     conftest = (REPO / "tests" / "conftest.py").read_text()
     ctree = ast.parse(conftest)
     body_start_line = min(

@@ -20,7 +20,7 @@ from pytensor.compile.mode import Mode
 from pytensor.compile.ops import view_op
 from pytensor.graph.basic import equal_computations
 from pytensor.graph.rewriting.utils import rewrite_graph
-from pytensor.graph.traversal import applys_between, graph_inputs
+from pytensor.graph.traversal import applys_between
 from pytensor.xtensor.basic import XOp
 
 from pytensor_lazy_pullback import (
@@ -31,7 +31,7 @@ from pytensor_lazy_pullback import (
 )
 from pytensor_lazy_pullback.integration import _originals
 from pytensor_lazy_pullback.rewriting import deep_pullback, lower_graph, max_pullback_depth
-from reference import lower
+from helpers import graph_nodes, lazy_nodes, lower
 
 LIMIT = sys.getrecursionlimit()
 """The limit as PyTensor left it at import; no test may raise it."""
@@ -81,11 +81,6 @@ def drift_chain_numpy(value, steps):
 VALUE = np.linspace(0.1, 0.6, 6).reshape(2, 3)
 
 
-def lazy_nodes(outputs):
-    nodes = applys_between(list(graph_inputs(outputs)), outputs)
-    return [node for node in nodes if isinstance(node.op, LazyPullback)]
-
-
 def test_chain_of_a_thousand_labelled_ops():
     x = px.xtensor("x", dims=("a", "b"), shape=(2, 3))
     y = x
@@ -99,7 +94,7 @@ def test_chain_of_a_thousand_labelled_ops():
     assert len(lazy_nodes([g])) == 1
 
     lowered = rewrite_graph(g, include=("lower_xtensor",), clone=True)
-    nodes = list(applys_between(list(graph_inputs([lowered])), [lowered]))
+    nodes = graph_nodes([lowered])
     assert not any(isinstance(n.op, XOp | LazyPullback) for n in nodes)
     # The whole chain's gradient, against the reference (lower first, then pt.grad).
     reference = pt.grad(lower(cost), x)

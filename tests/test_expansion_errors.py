@@ -3,7 +3,8 @@
 PyTensor's rewriters log an exception raised inside a rewrite and carry on
 under the default ``on_opt_error="warn"``.  An expansion error must still be
 raised -- the original exception type, with the region named -- by every way
-of compiling or rewriting a gradient graph.
+of compiling or rewriting a gradient graph.  An XOp nobody registered a
+lowering for fails so too, naming the Op and how to register one.
 """
 
 import importlib.util
@@ -22,8 +23,7 @@ from pytensor_lazy_pullback import (
     LazyPullbackExpansionError,
     expand_lazy_pullbacks,
 )
-from reference import assert_graph_unchanged, assert_lazy, graph_snapshot, lower
-
+from helpers import assert_graph_unchanged, assert_lazy, graph_snapshot, lower
 
 
 class Unlowerable(XOp):
@@ -94,6 +94,17 @@ def test_expansion_error_reaches_the_user(case, entry, on_opt_error):
     message = str(info.value)
     assert "while expanding the lazy pullback of the region" in message
     assert "with inputs (x" in message or "with inputs (o" in message
+
+
+def test_xop_without_lowering_fails_at_compile_naming_the_op(on_opt_error):
+    x = px.xtensor("x", dims=("a",), shape=(3,))
+    y = Unlowerable()(px.math.exp(x))
+    y.name = "mystery"
+    g = pt.grad(y.sum().values, x)  # lazy: nothing is known to be wrong yet
+    with pytest.raises(LazyPullbackExpansionError, match=r"Cannot lower Unlowerable.*region.*inputs \(x\)"):
+        pytensor.function([x], g, mode="FAST_COMPILE")
+    with pytest.raises(LazyPullbackExpansionError, match="register_lower_xtensor"):
+        g.eval({x: np.ones(3)})
 
 
 @pytest.mark.parametrize("case", ["undefined_once_lowered", "complex_intermediate"])

@@ -7,7 +7,7 @@ For each program the test checks that ``pt.grad`` with the package, with
 respect to a random mix of leaves and interior variables (float, integer and
 boolean ones),
 
-- behaves like :func:`reference.reference_grad` (lower first, then
+- behaves like :func:`helpers.reference_grad` (lower first, then
   ``pt.grad``): where the reference raises, ours raises the same exception type,
   at ``pt.grad`` time or at the latest when compiled; where the reference
   succeeds, ours succeeds with the same dtype, type and dims, a static shape
@@ -61,13 +61,14 @@ from pytensor.graph.traversal import ancestors
 from pytensor.xtensor.type import XTensorType
 from pytensor.xtensor.vectorization import vectorize_graph as xtensor_vectorize_graph
 
-from reference import (
+from helpers import (
     MODE,
     assert_graph_unchanged,
     graph_snapshot,
     lower,
     random_values,
     reference_grad,
+    refines,
     weighted_cost,
 )
 
@@ -536,18 +537,13 @@ def compile_fn(inputs, outputs):
 def fuzz_cost(out, seed: int):
     """``sum(out * W)`` with fixed non-uniform float weights (also for integer/boolean ``out``).
 
-    `reference.weighted_cost` casts its weights to ``out``'s dtype, which makes
+    `helpers.weighted_cost` casts its weights to ``out``'s dtype, which makes
     them all zero for integers.
     """
     rng = np.random.default_rng(seed)
     dtype = "float64" if is_discrete(out.type.dtype) else out.type.dtype
     weights = rng.uniform(-1, 1, size=out.type.shape).astype(dtype)
     return (out * px.as_xtensor(weights, dims=out.type.dims)).sum().values
-
-
-def refines(ours: tuple, ref: tuple) -> bool:
-    """Each static length of ``ours`` is the reference's, or the reference does not know it."""
-    return len(ours) == len(ref) and all(r is None or o == r for o, r in zip(ours, ref))
 
 
 def assert_close(got, want, what: str):
@@ -601,7 +597,7 @@ def check_program(source: str, seed: int = 0) -> str:
     Runs under ``on_opt_error="warn"`` whatever the suite sets, and fails if
     PyTensor logs a rewrite failure.  Returns what was seen (for the statistics).
     Sources without ``values``/``disconnected_inputs``/``vectorize`` (older
-    regression programs) get `reference.random_values`, "ignore" and no
+    regression programs) get `helpers.random_values`, "ignore" and no
     vectorisation.
     """
     ns = dict(NAMESPACE)
@@ -851,9 +847,9 @@ if __name__ == "__main__":
 
 def test_check_program_catches_a_wrong_gradient(monkeypatch):
     """The check is not vacuous: a gradient scaled by 2 is reported."""
-    import reference
+    import helpers
 
-    real = reference.reference_grad
+    real = helpers.reference_grad
 
     def doubled(cost, wrt, **kwargs):
         return [2 * g for g in real(cost, wrt, **kwargs)]

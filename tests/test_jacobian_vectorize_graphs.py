@@ -24,7 +24,7 @@ from pytensor.tensor.blockwise import Blockwise
 from pytensor.tensor.einsum import Einsum
 
 from pytensor_lazy_pullback import integration_disabled
-from reference import COUNT_MODE, lower
+from helpers import COUNT_MODE, lower
 
 MODES = {
     "fast_run": COUNT_MODE,

@@ -17,7 +17,7 @@ from pytensor.graph.rewriting.utils import rewrite_graph
 from pytensor.xtensor.basic import XOp
 
 from pytensor_lazy_pullback import LazyPullback, LazyPullbackNotExpandedError, LazyPushforward
-from reference import lower, random_values, reference_grad, weighted_cost
+from helpers import graph_nodes, lower, random_values, reference_grad, weighted_cost
 
 
 def _chain(x):
@@ -120,7 +120,7 @@ if importlib.util.find_spec("torch") is not None:
 @pytest.mark.parametrize("case", CASES)
 def test_mode_matrix(case, mode):
     inp, ours, ref = build(case)
-    assert not any(isinstance(n.op, LazyPullback | LazyPushforward) for n in _nodes(ref))
+    assert not any(isinstance(n.op, LazyPullback | LazyPushforward) for n in graph_nodes([ref]))
     [value] = random_values([inp])
     if mode == "C" and case == "cumulative":
         pytest.skip("PyTensor 3.3's pure C linker aborts the process on CumOp, reference included")
@@ -147,7 +147,7 @@ def test_eval_and_rewrite_graph(case):
     want = ref.eval({inp: value}, mode="FAST_COMPILE")
     np.testing.assert_allclose(ours.eval({inp: value}), want, rtol=1e-6)
     rewritten = rewrite_graph(ours, include=("lower_xtensor",), clone=True)
-    assert not any(isinstance(n.op, XOp | LazyPullback) for n in _nodes(rewritten))
+    assert not any(isinstance(n.op, XOp | LazyPullback) for n in graph_nodes([rewritten]))
     np.testing.assert_allclose(rewritten.eval({inp: value}, mode="FAST_COMPILE"), want, rtol=1e-6)
 
 
@@ -157,9 +157,3 @@ def test_mode_without_expansion_fails_clearly():
     fn = pytensor.function([inp], ours, mode=mode)
     with pytest.raises(LazyPullbackNotExpandedError, match="expand_lazy_pullback"):
         fn(*random_values([inp]))
-
-
-def _nodes(var):
-    from pytensor.graph.traversal import applys_between, graph_inputs
-
-    return list(applys_between(list(graph_inputs([var])), [var]))

@@ -1,5 +1,11 @@
-"""Laziness and economy: ``pt.grad`` builds one `LazyPullback` per region and lowers nothing;
-compilation expands it into a graph no larger than the lower-then-grad reference."""
+"""The `LazyPullback` Op: laziness, economy, printing, pickling and merging.
+
+``pt.grad`` builds one `LazyPullback` per region and lowers nothing;
+compilation expands it into a graph no larger than the lower-then-grad
+reference, lowering the shared forward pass once; ``rewrite_graph(...,
+include=("lower_xtensor",))`` expands it too; ``dprint`` shows its region;
+it pickles; identical lazy gradients merge.
+"""
 
 import pickle
 
@@ -12,7 +18,6 @@ import pytest
 from pytensor.graph.fg import FunctionGraph
 from pytensor.graph.rewriting.basic import MergeOptimizer
 from pytensor.graph.rewriting.utils import rewrite_graph
-from pytensor.graph.traversal import applys_between, graph_inputs
 from pytensor.tensor.elemwise import CAReduce
 from pytensor.xtensor.basic import XOp
 
@@ -20,9 +25,10 @@ import dataclasses
 
 import pytensor_lazy_pullback.unlowered as unlowered
 from pytensor_lazy_pullback import LazyPullback, expand_lazy_pullbacks
-from reference import (
+from helpers import (
     assert_same_gradients,
     compile_values,
+    graph_nodes,
     lazy_nodes,
     lower,
     n_apply_nodes,
@@ -31,10 +37,6 @@ from reference import (
     weighted_cost,
     xop_nodes,
 )
-
-
-def graph_nodes(outputs):
-    return list(applys_between(list(graph_inputs(outputs)), outputs))
 
 
 # ---------------------------------------------------------------------------

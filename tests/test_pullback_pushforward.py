@@ -1,4 +1,9 @@
-"""pullback and pushforward on labelled variables: matched by dim name, labelled results."""
+"""pullback and pushforward on labelled variables: matched by dim name, labelled results.
+
+Also the pushforward of a labelled region between plain tensors, and PyTensor's
+own pushforward for plain graphs.  The `LazyPushforward` Op itself is in
+test_lazy_pushforward_op.py.
+"""
 
 import numpy as np
 import pytensor
@@ -7,10 +12,9 @@ import pytensor.tensor as pt
 import pytensor.xtensor as px
 import pytensor.xtensor.math as pxm
 import pytest
-from pytensor.graph.traversal import ancestors
 
 from pytensor_lazy_pullback import LazyPushforward
-from reference import assert_same_gradients, lower, random_values
+from helpers import assert_same_gradients, lazy_nodes, lower, random_values
 
 WEIGHTS = np.arange(9.0).reshape(3, 3) - 4.0
 
@@ -36,7 +40,7 @@ def test_pushforward_matches_reference_and_tangent_dims_by_name(
     labelled_tangent = px.as_xtensor(tangent, dims=("b", "a"))
     ours = gradient.pushforward(y, x, labelled_tangent, use_op_pushforward=use_op_pushforward)
     assert ours.type.dims == y.type.dims
-    [node] = [n for n in ancestors_nodes(ours) if isinstance(n.op, LazyPushforward)]
+    [node] = lazy_nodes([ours], LazyPushforward)
     assert node.op.use_op_pushforward is use_op_pushforward
     kwargs = {"use_op_pushforward": use_op_pushforward}
     if use_op_pushforward and cumulative:
@@ -51,10 +55,6 @@ def test_pushforward_matches_reference_and_tangent_dims_by_name(
     assert_same_gradients(
         [ours.values], [reference], [xt, tangent], random_values([xt, tangent])
     )
-
-
-def ancestors_nodes(var):
-    return [v.owner for v in ancestors([var]) if v.owner is not None]
 
 
 def test_pushforward_several_outputs_keep_their_dims():
@@ -76,6 +76,17 @@ def test_pullback_cotangent_dims_by_name():
     assert ours.type.dims == x.type.dims
     reference = gradient.pullback(lower(y).values, xt, cotangent.T)
     assert_same_gradients([ours.values], [reference], [xt, cotangent], random_values([xt, cotangent]))
+
+
+@pytest.mark.parametrize("use_op_pushforward", [False, True])
+def test_pushforward_on_tensor_boundaries(use_op_pushforward):
+    vec = pt.vector("v", shape=(6,))
+    x = px.as_xtensor(vec.reshape((2, 3)), dims=("a", "b"))
+    out = (pxm.exp(x) * x.sum("a")).values
+    t = pt.vector("t", shape=(6,))
+    ours = gradient.pushforward(out, vec, t, use_op_pushforward=use_op_pushforward)
+    ref = gradient.pushforward(lower(out), vec, t, use_op_pushforward=False)
+    assert_same_gradients([ours], [ref], [vec, t], random_values([vec, t]))
 
 
 def test_pushforward_plain_tangent_for_labelled_input_is_a_type_error():

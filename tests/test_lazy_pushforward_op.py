@@ -1,4 +1,8 @@
-"""`LazyPushforward`: the pushforward of an un-lowered region, built at compile time."""
+"""The `LazyPushforward` Op: the pushforward of an un-lowered region, built at compile time.
+
+One node per region, compiled to no more than the reference's graph; equality,
+merging, ``infer_shape``, pickling, ``dprint``; second order stays lazy.
+"""
 
 import io
 import pickle
@@ -10,10 +14,9 @@ import pytensor.tensor as pt
 import pytensor.xtensor as px
 import pytest
 from pytensor.graph.basic import equal_computations
-from pytensor.graph.traversal import ancestors
 
 from pytensor_lazy_pullback import LazyPullback, LazyPushforward, expand_lazy_pullbacks
-from reference import COUNT_MODE, MODE, assert_same_gradients, lower
+from helpers import COUNT_MODE, MODE, assert_same_gradients, lazy_nodes, lower
 
 W = np.array([0.3, -0.7, 1.1])
 
@@ -27,10 +30,6 @@ def model():
     return xt, wt, h.values
 
 
-def lazy_ops(var, op_type):
-    return [v.owner for v in ancestors([var]) if v.owner and isinstance(v.owner.op, op_type)]
-
-
 def values():
     rng = np.random.default_rng(0)
     return [rng.normal(size=(4, 3)), W, rng.normal(size=3)]
@@ -40,8 +39,8 @@ def test_one_lazy_pushforward_per_region_and_values():
     xt, wt, h = model()
     t = pt.vector("t", shape=(3,))
     jvp = gradient.pushforward(h, wt, t, use_op_pushforward=True)
-    assert len(lazy_ops(jvp, LazyPushforward)) == 1
-    assert not lazy_ops(jvp, LazyPullback)  # not the transpose trick
+    assert len(lazy_nodes([jvp], LazyPushforward)) == 1
+    assert not lazy_nodes([jvp], LazyPullback)  # not the transpose trick
     reference = gradient.pushforward(lower(h), wt, t, use_op_pushforward=True)
     assert_same_gradients([jvp], [reference], [xt, wt, t], values())
     fn = pytensor.function([xt, wt, t], jvp)
@@ -63,8 +62,8 @@ def test_infer_shape_equality_pickle_and_dprint():
     t = pt.vector("t", shape=(3,))
     a = gradient.pushforward(h, wt, t, use_op_pushforward=True)
     b = gradient.pushforward(h, wt, t, use_op_pushforward=True)
-    [node_a] = lazy_ops(a, LazyPushforward)
-    [node_b] = lazy_ops(b, LazyPushforward)
+    [node_a] = lazy_nodes([a], LazyPushforward)
+    [node_b] = lazy_nodes([b], LazyPushforward)
     assert node_a.op == node_b.op and hash(node_a.op) == hash(node_b.op)
     assert equal_computations([a], [b])
     both = pytensor.function([xt, wt, t], [a, b], mode=COUNT_MODE)
@@ -103,7 +102,7 @@ def test_second_order_stays_lazy(second):
             use_op_pushforward=True,
         )
         t_value = values()[2]
-    assert lazy_ops(ours, LazyPullback) or lazy_ops(ours, LazyPushforward)
+    assert lazy_nodes([ours], LazyPullback) or lazy_nodes([ours], LazyPushforward)
     inputs = [xt, wt, t] + ([u] if second == "pushforward" else [])
     vals = values() + ([t_value[::-1]] if second == "pushforward" else [])
     assert_same_gradients([ours], [ref], inputs, vals, rtol=1e-6)
@@ -118,7 +117,7 @@ def test_labelled_pushforward_expands_for_inspection():
     jvp = gradient.pushforward(out, w, px.as_xtensor(tt, dims=("b",)))
     assert jvp.type.dims == ("a",)
     expanded = expand_lazy_pullbacks(jvp)
-    assert not lazy_ops(expanded, LazyPushforward)
+    assert not lazy_nodes([expanded], LazyPushforward)
     reference = gradient.pushforward(lower(out).values, wt, tt, use_op_pushforward=True)
     x_v, w_v, t_v = values()
     assert_same_gradients([expanded.values], [reference], [xt, wt, tt], [x_v, w_v, t_v])

@@ -1,0 +1,320 @@
+"""The one helper module of the tests.
+
+The reference gradient (lower first, then ``pt.grad``) and comparisons with it;
+the check of an Op family's gradient (`check_family`); finite differences;
+graph inspection (lazy nodes, snapshots); and graphs shared by several files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+import pytensor.xtensor as px
+import pytensor.xtensor.math as pxm
+from pytensor.compile.mode import Mode, get_mode
+from pytensor.graph.basic import Variable
+from pytensor.graph.replace import clone_replace
+from pytensor.graph.rewriting.utils import rewrite_graph
+from pytensor.graph.traversal import ancestors, applys_between, graph_inputs
+from pytensor.tensor.type import continuous_dtypes
+from pytensor.xtensor.basic import XOp
+from pytensor.xtensor.type import XTensorType
+
+from pytensor_lazy_pullback import LazyPullback, integration_disabled
+
+MODE = "FAST_COMPILE"
+"""Mode of most value checks: cheapest to compile; other backends are covered
+by the mode matrix."""
+
+COUNT_MODE = Mode(linker="py", optimizer=get_mode("FAST_RUN").optimizer)
+"""FAST_RUN's rewrites without a JIT linker: for counting compiled apply nodes."""
+
+
+def lower(outputs):
+    """``rewrite_graph(outputs, include=("lower_xtensor",), clone=True)``."""
+    return rewrite_graph(outputs, include=("lower_xtensor",), clone=True)
+
+
+def reference_grad(
+    cost: Variable,
+    wrt: Sequence[Variable],
+    consider_constant: Sequence[Variable] = (),
+    **grad_kwargs,
+) -> list[Variable]:
+    """The contract's reference: lower the cost, then ``pt.grad``.
+
+    A ``wrt`` or ``consider_constant`` variable inside the graph is first
+    replaced by a fresh input (so lowering cannot remove it), and substituted
+    back afterwards.  Each ``wrt`` is differentiated on its own, so a path
+    through another (interior) ``wrt`` is kept, as ``pt.grad`` keeps it.
+    """
+    results = []
+    for w in wrt:
+        cut = [v for v in [w, *consider_constant] if v.owner is not None]
+        fresh = {v: v.type(name=v.name) for v in cut}
+        cut_cost = clone_replace(cost, replace=fresh) if fresh else cost
+        g = pt.grad(lower(cut_cost), fresh.get(w, w), **grad_kwargs)
+        back = {f: v for v, f in fresh.items()}
+        results.append(clone_replace(g, replace=back) if back else g)
+    return results
+
+
+def reference_transform(transform, cost):
+    """`transform` (``hessian``, ``jacobian``, ...) of the lowered cost, with
+    PyTensor's own gradient machinery (the integration off)."""
+    with integration_disabled():
+        return transform(lower(cost))
+
+
+def compile_values(inputs, outputs, values, mode=MODE):
+    fn = pytensor.function(inputs, outputs, mode=mode, on_unused_input="ignore")
+    return fn(*values)
+
+
+def refines(ours: tuple, ref: tuple) -> bool:
+    """Each static length of ``ours`` is the reference's, or the reference does not know it."""
+    return len(ours) == len(ref) and all(r is None or o == r for o, r in zip(ours, ref))
+
+
+def assert_same_gradients(
+    ours, reference, inputs, values, mode=MODE, rtol=1e-7, atol=1e-10, refined_shapes=False
+):
+    """Ours and the reference agree in value, dtype, static shape and dims.
+
+    With `refined_shapes`, our static shape may refine the reference's: the
+    reference's pullback sometimes loses a static length (``None``) that ours,
+    typed like the region input, keeps; every known length must still agree
+    (the strict comparison is ``test_convolve1d_static_shape_equals_reference``).
+    """
+    for o, r in zip(ours, reference, strict=True):
+        assert o.type.dtype == r.type.dtype, (o.type, r.type)
+        if refined_shapes:
+            assert refines(o.type.shape, r.type.shape), (o.type, r.type)
+        else:
+            assert o.type.shape == r.type.shape, (o.type, r.type)
+        assert type(o.type) is type(r.type), (o.type, r.type)
+        if isinstance(o.type, XTensorType):
+            assert o.type.dims == r.type.dims, (o.type, r.type)
+    got = compile_values(inputs, list(ours), values, mode)
+    want = compile_values(inputs, list(reference), values, mode)
+    for g, w in zip(got, want, strict=True):
+        assert np.shape(g) == np.shape(w)
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
+
+
+def random_values(inputs, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for inp in inputs:
+        shape = inp.type.shape
+        if inp.type.dtype.startswith("int"):
+            out.append(rng.integers(0, 3, size=shape).astype(inp.type.dtype))
+        else:
+            out.append(rng.uniform(0.5, 1.5, size=shape).astype(inp.type.dtype))
+    return out
+
+
+def weighted_cost(out: Variable, seed: int = 1) -> Variable:
+    """A scalar cost ``sum(out * W)`` with fixed, non-uniform weights ``W``.
+
+    Weights make every entry of the cotangent different, so a transposed or
+    misplaced cotangent cannot go unnoticed.
+    """
+    rng = np.random.default_rng(seed)
+    weights = rng.uniform(-1, 1, size=out.type.shape).astype(out.type.dtype)
+    if isinstance(out.type, XTensorType):
+        return (out * px.as_xtensor(weights, dims=out.type.dims)).sum().values
+    return (out * weights).sum()
+
+
+def any_weighted_cost(out, seed=1):
+    """`weighted_cost`, also for outputs of symbolic shape.
+
+    With an unknown static shape the weights are a fixed array cut to the output's
+    run-time shape, so each entry's weight still depends on its position.
+    """
+    if None not in out.type.shape:
+        return weighted_cost(out, seed)
+    rng = np.random.default_rng(seed)
+    big = rng.uniform(-1, 1, size=(9,) * out.type.ndim).astype(out.type.dtype)
+    shape = out.values.shape
+    weights = pt.constant(big)[tuple(slice(0, shape[i]) for i in range(out.type.ndim))]
+    return (out * px.as_xtensor(weights, dims=out.type.dims)).sum().values
+
+
+def assert_no_integer_cotangent(grads):
+    """No LazyPullback returns a cotangent for a non-float region input (indices, rngs)."""
+    for node in lazy_nodes(list(grads)):
+        for i in node.op.wrt:
+            dtype = getattr(node.op.fgraph.inputs[i].type, "dtype", None)
+            assert dtype in continuous_dtypes, (node.op, i, node.op.fgraph.inputs[i].type)
+
+
+def check_family(
+    fn: Callable[..., Variable],
+    dims: Sequence[Sequence[str]],
+    shapes: Sequence[Sequence[int]],
+    rtol: float = 1e-7,
+    *,
+    ints: Sequence[Variable] = (),
+    int_values: Sequence = (),
+    refined_shapes: bool = False,
+):
+    """Check ``fn``'s gradient: the reference's values and finite differences.
+
+    ``fn`` takes one labelled input per ``dims``/``shapes`` entry, then the
+    integer inputs `ints`, and returns a (labelled or plain) output, of static or
+    symbolic shape.  The gradient is taken with respect to the plain tensors
+    under the labels, and with respect to the labelled inputs (never the
+    integer ones, which are inputs of the compiled functions, with values
+    `int_values`, and shared variables holding them for finite differences).
+    `refined_shapes`: see `assert_same_gradients`.
+    """
+    tensors = [pt.tensor(f"t{i}", shape=tuple(s)) for i, s in enumerate(shapes)]
+    labelled = [px.as_xtensor(t, dims=tuple(d)) for t, d in zip(tensors, dims, strict=True)]
+    cost = any_weighted_cost(fn(*labelled, *ints))
+    inputs = [*tensors, *ints]
+    values = [*random_values(tensors), *int_values]
+    compare = partial(assert_same_gradients, rtol=rtol, refined_shapes=refined_shapes)
+
+    ours = pt.grad(cost, tensors)
+    assert_lazy(ours)
+    assert_no_integer_cotangent(ours)
+    compare(ours, reference_grad(cost, tensors), inputs, values)
+
+    ours_x = pt.grad(cost, labelled)
+    for g, x in zip(ours_x, labelled, strict=True):
+        assert g.type.dims == x.type.dims
+    compare(ours_x, reference_grad(cost, labelled), inputs, values)
+
+    shared_ints = [
+        pytensor.shared(np.asarray(v, dtype=i.type.dtype))
+        for i, v in zip(ints, int_values, strict=True)
+    ]
+
+    def fun(*ts):
+        xs = [px.as_xtensor(t, dims=tuple(d)) for t, d in zip(ts, dims, strict=True)]
+        return any_weighted_cost(fn(*xs, *shared_ints))
+
+    pytensor.gradient.verify_grad(
+        fun, values[: len(tensors)], rng=np.random.default_rng(2), mode=MODE
+    )
+
+
+def central_differences(fn, x0, eps=1e-6):
+    """Numerical jacobian of ``fn`` at ``x0``: shape ``(*fn(x0).shape, *x0.shape)``."""
+    y0 = np.asarray(fn(x0))
+    jac = np.empty(y0.shape + x0.shape)
+    for idx in np.ndindex(*x0.shape):
+        step = np.zeros_like(x0)
+        step[idx] = eps
+        jac[(Ellipsis, *idx)] = (np.asarray(fn(x0 + step)) - np.asarray(fn(x0 - step))) / (2 * eps)
+    return jac
+
+
+def graph_nodes(outputs):
+    """The apply nodes of the graph of `outputs` (not inside inner graphs)."""
+    return list(applys_between(list(graph_inputs(outputs)), outputs))
+
+
+def lazy_nodes(outputs, op_type=LazyPullback):
+    """The `LazyPullback` (or `op_type`) nodes of the graph of `outputs`."""
+    return [node for node in graph_nodes(outputs) if isinstance(node.op, op_type)]
+
+
+def all_nodes(outputs):
+    """Every apply node of a graph, also inside inner graphs (Scan, OpFromGraph, ...),
+    but not inside a `LazyPullback`'s region."""
+    found = []
+    stack = graph_nodes(list(outputs))
+    while stack:
+        node = stack.pop()
+        found.append(node)
+        inner_outputs = getattr(node.op, "inner_outputs", None)
+        if inner_outputs is not None and not isinstance(node.op, LazyPullback):
+            inner_inputs = node.op.inner_inputs
+            stack.extend(applys_between(inner_inputs, inner_outputs))
+    return found
+
+
+def assert_lazy(grads):
+    """The gradient graph holds at least one `LazyPullback` (nothing was lowered)."""
+    assert lazy_nodes(list(grads)), "expected the gradient to hold a LazyPullback"
+
+
+def n_apply_nodes(inputs, outputs, mode=COUNT_MODE):
+    fn = pytensor.function(inputs, outputs, mode=mode, on_unused_input="ignore")
+    return fn, len(fn.maker.fgraph.apply_nodes)
+
+
+def xop_nodes(fgraph_nodes):
+    return [n for n in fgraph_nodes if isinstance(n.op, XOp | LazyPullback)]
+
+
+def graph_snapshot(outputs):
+    """Every variable's owner, name, tag, type and output index; every node's inputs, outputs and Op."""
+    variables = list(ancestors(outputs))
+    nodes = graph_nodes(outputs)
+    return (
+        {
+            id(v): (v, v.owner, v.name, dict(vars(v.tag)), v.type, getattr(v, "index", None))
+            for v in variables
+        },
+        {id(n): (n, list(n.inputs), list(n.outputs), n.op) for n in nodes},
+    )
+
+
+def assert_graph_unchanged(before, after):
+    """Assert two `graph_snapshot`\\ s of one graph are the same (nothing was mutated)."""
+    (before_vars, before_nodes), (after_vars, after_nodes) = before, after
+    assert before_vars.keys() == after_vars.keys(), "the set of variables of the graph changed"
+    assert before_nodes.keys() == after_nodes.keys(), "the set of apply nodes of the graph changed"
+    for key, (var, owner, *facts) in before_vars.items():
+        _, owner_after, *facts_after = after_vars[key]
+        assert owner_after is owner, f"owner of {var} changed"
+        assert facts_after == facts, f"name, tag, type or index of {var} changed"
+    for key, (node, inputs, outputs, op) in before_nodes.items():
+        _, inputs_after, outputs_after, op_after = after_nodes[key]
+        assert len(inputs_after) == len(inputs), node
+        assert all(a is b for a, b in zip(inputs_after, inputs)), f"inputs of {node} changed"
+        assert all(a is b for a, b in zip(outputs_after, outputs, strict=True)), node
+        assert op_after is op, f"Op of {node} changed"
+
+
+# ---------------------------------------------------------------------------
+# Graphs shared by several test files
+# ---------------------------------------------------------------------------
+
+
+def interior_graph():
+    """x -> h (XOp, interior) -> v (plain tensor, interior) -> relabelled -> cost."""
+    x = px.xtensor("x", dims=("a", "b"), shape=(3, 4))
+    h = pxm.exp(x * 0.5) * x  # output of an XOp in the middle of the region
+    h.name = "h"
+    v = h.sum("b").values  # a plain tensor in the middle
+    v.name = "v"
+    back = px.as_xtensor(pt.sin(v) * v, dims=("a",))
+    cost = weighted_cost(back * h + x.mean("a"))
+    return x, h, v, cost
+
+
+W_IA = np.linspace(-0.8, 0.9, 12).reshape(4, 3)
+"""Fixed non-uniform weights of dims ("i", "a") (distinct sizes: a transposition cannot go unnoticed)."""
+
+
+def vector_fn(x):
+    """dims ("a",) -> dims ("i",), size 3 -> 4."""
+    return pxm.sin(x * px.as_xtensor(W_IA, dims=("i", "a"))).sum("a") * pxm.exp(x * 0.3).sum("a")
+
+
+def per_example_model():
+    """A one-example squared error of a labelled model: weights ``w``, plain data ``xi``, ``yi``."""
+    w, xi, yi = pt.vector("w", shape=(3,)), pt.vector("xi", shape=(3,)), pt.scalar("yi")
+    pred = pxm.tanh(px.dot(px.as_xtensor(xi, dims=("f",)), px.as_xtensor(w, dims=("f",)), dim="f"))
+    cost = ((pred - px.as_xtensor(yi, dims=())) ** 2).values
+    return w, xi, yi, cost
+
