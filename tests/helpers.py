@@ -318,3 +318,49 @@ def per_example_model():
     cost = ((pred - px.as_xtensor(yi, dims=())) ** 2).values
     return w, xi, yi, cost
 
+
+
+# Families of the transform tests (jacobian, hessian): each returns
+# ``(inputs, w, out)``, ``w`` the last input (plain weights under a dim) and
+# ``out`` a plain vector computed through xtensor Ops.
+
+
+def as_xtensor_constant(data, dims):
+    return px.as_xtensor(pt.constant(data), dims=dims)
+
+
+def dense_family():
+    """tanh(dot(x, w)) weighted by a labelled mean: a forward ``Einsum``."""
+    xt = pt.matrix("x", shape=(5, 7))
+    x = px.as_xtensor(xt, dims=("a", "b"))
+    wt = pt.vector("w", shape=(7,))
+    w = px.as_xtensor(wt, dims=("b",))
+    out = px.math.tanh(px.dot(x, w, dim="b")) * px.math.exp(x).mean("b")
+    return [xt, wt], wt, out.values
+
+
+def index_concat_family():
+    """Slices and a gather of a labelled vector, concatenated, then a cumsum: a forward ``Split``."""
+    rng = np.random.default_rng(3)
+    pt_ = pt.vector("p", shape=(10,))
+    p = px.as_xtensor(pt_, dims=("i",))
+    idx = as_xtensor_constant(rng.integers(0, 10, size=6), ("j",))
+    head = p.isel(i=slice(0, 4)).rename(i="k")
+    tail = px.math.exp(p.isel(i=slice(4, None))).rename(i="k")
+    gathered = px.math.sin(p.isel(i=idx)).rename(j="k")
+    c = px.concat([head, tail * 0.5, gathered], dim="k")
+    out = px.math.tanh(c) * c.cumsum("k")
+    return [pt_], pt_, out.values
+
+
+def glm_family():
+    """A Poisson log-likelihood per observation, rate = exp(dot(X, beta))."""
+    rng = np.random.default_rng(4)
+    X = as_xtensor_constant(rng.normal(size=(9, 4)) * 0.3, ("obs", "feature"))
+    counts = as_xtensor_constant(rng.poisson(2.0, size=9).astype("float64"), ("obs",))
+    bt = pt.vector("beta", shape=(4,))
+    rate = px.math.exp(px.dot(X, px.as_xtensor(bt, dims=("feature",)), dim="feature"))
+    return [bt], bt, (counts * px.math.log(rate) - rate).values
+
+
+TRANSFORM_FAMILIES = {"dense": dense_family, "index_concat": index_concat_family, "glm": glm_family}

@@ -13,15 +13,22 @@ import pytensor.tensor as pt
 import pytensor.xtensor as px
 import pytensor.xtensor.math as pxm
 import pytest
+from pytensor.compile.mode import Mode, get_mode
 from pytensor.graph.basic import equal_computations
+from pytensor.graph.traversal import applys_between, graph_inputs
 from pytensor.scan.op import Scan
+from pytensor.tensor.basic import Split
+from pytensor.tensor.blockwise import Blockwise
+from pytensor.tensor.einsum import Einsum
 from pytensor.tensor.elemwise import CAReduce
 from pytensor.tensor.type import TensorType
 from pytensor.xtensor.type import XTensorType
 
 from pytensor_lazy_pullback import LazyPullback, integration_disabled
 from helpers import (
+    COUNT_MODE,
     MODE,
+    TRANSFORM_FAMILIES,
     W_IA,
     all_nodes,
     assert_lazy,
@@ -315,3 +322,88 @@ def test_jacobian_by_scan_is_lazy_before_compilation():
     inner = [n for n in all_nodes([jac]) if isinstance(n.op, LazyPullback)]
     assert inner, "the Scan's inner graph holds the LazyPullback"
     assert not tensor_reductions([jac])
+
+
+# ---------------------------------------------------------------------------
+# jacobian(vectorize=True) compiles to the reference's graph.
+#
+# Ours batches the expansion of each `LazyPullback` over the rows of an
+# identity (``vectorize_expansion``); only the cotangents are batched there, so
+# the forward pass that the expansion recomputes must stay unbatched, as in the
+# reference: no ``Blockwise`` of the forward ``Einsum`` (which, batched, is no
+# longer inlined into a ``Dot``) or of the forward ``Split`` of a ``concat``.
+# Counted in compiled apply nodes, inner graphs included.
+
+GRAPH_MODES = {
+    "fast_run": COUNT_MODE,
+    # The C backend's rewrites (CVM), still with the Python linker: only counted.
+    "cvm": Mode(linker="py", optimizer=get_mode("CVM").optimizer),
+}
+
+
+def vectorized_jacobian(family):
+    """``(inputs, ours, reference, out)``: the Jacobian of the family's output w.r.t. its weights.
+
+    The weights are the last input.
+    """
+    inputs, w, out = TRANSFORM_FAMILIES[family]()
+    assert inputs[-1] is w
+    ours = gradient.jacobian(out, w, vectorize=True)
+    with integration_disabled():
+        reference = gradient.jacobian(lower(out), w, vectorize=True)
+    return inputs, ours, reference, out
+
+
+def batched_cores(nodes):
+    """Names of the core Op types of the ``Blockwise`` nodes among `nodes`."""
+    return sorted(
+        type(node.op.core_op).__name__ for node in nodes if isinstance(node.op, Blockwise)
+    )
+
+
+@pytest.mark.parametrize("mode", list(GRAPH_MODES))
+@pytest.mark.parametrize("family", list(TRANSFORM_FAMILIES))
+def test_vectorized_jacobian_compiles_to_no_more_nodes_than_reference(family, mode):
+    inputs, ours, reference, out = vectorized_jacobian(family)
+    ours_fn = pytensor.function(inputs, ours, mode=GRAPH_MODES[mode])
+    ref_fn = pytensor.function(inputs, reference, mode=GRAPH_MODES[mode])
+    ours_nodes = all_nodes(ours_fn.maker.fgraph.outputs)
+    ref_nodes = all_nodes(ref_fn.maker.fgraph.outputs)
+    assert len(ours_nodes) <= len(ref_nodes), (len(ours_nodes), len(ref_nodes))
+    # The forward pass is not batched: an Einsum is inlined (a Dot), a Split is not in a Blockwise.
+    assert not any(isinstance(n.op, Einsum) for n in ours_nodes)
+    assert not any(
+        isinstance(n.op, Blockwise) and isinstance(n.op.core_op, Split) for n in ours_nodes
+    )
+    assert batched_cores(ours_nodes) == batched_cores(ref_nodes)
+
+
+@pytest.mark.parametrize("family", list(TRANSFORM_FAMILIES))
+def test_vectorized_jacobian_batches_only_what_the_reference_batches(family):
+    """Before any rewrite: the ``Blockwise`` nodes are the reference's, no batched forward Op."""
+    inputs, ours, reference, out = vectorized_jacobian(family)
+    ours_nodes = applys_between(list(graph_inputs([ours])), [ours])
+    ref_nodes = applys_between(list(graph_inputs([reference])), [reference])
+    assert batched_cores(ours_nodes) == batched_cores(ref_nodes)
+
+
+@pytest.mark.parametrize("family", list(TRANSFORM_FAMILIES))
+def test_vectorized_jacobian_values(family):
+    inputs, ours, reference, out = vectorized_jacobian(family)
+    assert ours.type.shape == reference.type.shape
+    assert ours.type.dtype == reference.type.dtype
+    rng = np.random.default_rng(0)
+    values = [rng.uniform(-0.9, 0.9, size=i.type.shape) for i in inputs]
+    got = pytensor.function(inputs, ours, mode=COUNT_MODE)(*values)
+    want = pytensor.function(inputs, reference, mode=COUNT_MODE)(*values)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    # And central differences of the forward pass, column by column.
+    forward = pytensor.function(inputs, out, mode=COUNT_MODE)
+    *fixed, w0 = values
+    eps = 1e-6
+    columns = [
+        (forward(*fixed, w0 + eps * e) - forward(*fixed, w0 - eps * e)) / (2 * eps)
+        for e in np.eye(w0.size)
+    ]
+    np.testing.assert_allclose(got, np.stack(columns, axis=-1), rtol=1e-6, atol=1e-8)

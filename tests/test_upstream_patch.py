@@ -81,3 +81,18 @@ def test_generator_names_a_changed_anchor_and_writes_nothing(tmp_path):
     assert "pytensor/gradient.py" in line and "_populate_grad_dict" in line
     assert not out.exists()
     assert gradient.read_text() == before
+
+
+def test_every_test_file_is_carried_or_left_out_with_a_reason():
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        import upstream
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    files = {path.name for path in Path(__file__).parent.glob("test_*.py")}
+    carried, left_out = set(upstream.TESTS), set(upstream.LEFT_OUT_TESTS)
+    assert not carried & left_out
+    assert files == carried | left_out, (
+        f"not in scripts/upstream.py TESTS nor LEFT_OUT_TESTS: {sorted(files - carried - left_out)}; "
+        f"named there but missing: {sorted((carried | left_out) - files)}"
+    )
