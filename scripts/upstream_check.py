@@ -14,6 +14,10 @@
    installed one, same version), runs the patch's own tests under
    ``tests/xtensor/`` (all must pass), and runs ``examples/demo.py`` with its
    ``import pytensor_lazy_pullback`` line removed (must exit 0).
+5. Runs ``scripts/compare_forms.py``'s probes (gradients, ``dprint`` of the lazy,
+   expanded and compiled graphs, errors, README's examples) in both forms -- this
+   interpreter with the repository first on ``PYTHONPATH`` (the add-on) and the
+   venv (the patch) -- and compares them: any difference fails.
 
 Usage::
 
@@ -22,9 +26,9 @@ Usage::
 Cache: ``$PYTENSOR_SUITES_CACHE`` (default ``~/.cache/pytensor-lazy-pullback/sdists``):
 sdists, unpacked trees, ``pip index versions`` (one day) and ``venvs/<hash>``.
 
-Exit status: 0 all good; 1 a regression, a failing patch test, a failing demo or
-a patch that does not apply; 2 the runner itself failed; 3 something is not
-cached and the package index cannot be reached.
+Exit status: 0 all good; 1 a regression, a failing patch test, a failing demo,
+the two forms differing or a patch that does not apply; 2 the runner itself
+failed; 3 something is not cached and the package index cannot be reached.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ SCRIPTS = Path(__file__).resolve().parent
 REPO = SCRIPTS.parent
 sys.path.insert(0, str(SCRIPTS))
 
+import compare_forms  # noqa: E402
 import pytensor_suites as suites  # noqa: E402
 import upstream  # noqa: E402
 from pytensor_suites import IndexUnreachable, RunnerError, log  # noqa: E402
@@ -165,6 +170,62 @@ def run_demo(python: Path, workdir: Path) -> tuple[bool, str]:
     return proc.returncode == 0, output
 
 
+def run_forms(python: Path, workdir: Path) -> dict:
+    """``compare_forms.py`` in the add-on form and in the patched venv, side by side.
+
+    Returns ``{"results": {form: results or None}, "errors": {form: output}}``:
+    a form whose run failed has no results and its output under ``errors``.
+    """
+    script = str(SCRIPTS / "compare_forms.py")
+    addon_env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+    ))
+    patched_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    runs = {
+        "addon": [sys.executable, script, "--form", "addon"],
+        "patched": [str(python), script, "--form", "patched"],
+    }
+    envs = {"addon": addon_env, "patched": patched_env}
+    results: dict = {}
+    errors: dict = {}
+    # One after the other: on the 2-core machine, running them together saved nothing.
+    for form, cmd in runs.items():
+        out = workdir / f"forms-{form}.json"
+        proc = run([*cmd, "--out", str(out)], cwd=workdir, env=envs[form], timeout=900)
+        if proc.returncode != 0 or not out.is_file():
+            errors[form] = (proc.stdout + proc.stderr).strip()[-3000:]
+            results[form] = None
+        else:
+            results[form] = json.loads(out.read_text())
+    return {"results": results, "errors": errors}
+
+
+def judge_forms(forms: dict) -> tuple[list[str], list[str]]:
+    """(lines to print, failures) for the results of `run_forms`."""
+    lines: list[str] = []
+    failures: list[str] = []
+    for form, output in forms["errors"].items():
+        failures.append(f"forms: compare_forms.py --form {form} failed")
+        lines += [f"compare_forms.py --form {form} failed:", *output.splitlines()[-20:]]
+    addon, patched = forms["results"]["addon"], forms["results"]["patched"]
+    if addon is None or patched is None:
+        return lines, failures
+    lines += [
+        f"note: versions differ: {v}" for v in compare_forms.version_mismatches(addon, patched)
+    ]
+    diffs = compare_forms.compare(addon, patched)
+    for diff in diffs:
+        lines.append(str(diff))
+        failures.append(f"forms differ: {diff.probe} ({diff.field}, line {diff.line})")
+    for form, results in (("add-on", addon), ("patched", patched)):
+        for problem in compare_forms.unexpected(results):
+            lines.append(f"unexpected in the {form} form: {problem}")
+            failures.append(f"forms: unexpected in the {form} form: {problem}")
+    forms["summary"] = f"{compare_forms.summary(addon, patched, diffs)} ({forms['seconds']:.0f} s)"
+    lines.append(forms["summary"])
+    return lines, failures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -245,6 +306,15 @@ def main(argv: list[str] | None = None) -> int:
         demo_ok, demo_output = run_demo(python, workdir)
         log("\n".join(demo_output.splitlines()[-5:]))
         log(f"demo {'exit 0' if demo_ok else 'FAILED'} ({time.monotonic() - t0:.0f} s)")
+
+        log("\n=== forms (scripts/compare_forms.py: the add-on vs the patched PyTensor) ===")
+        t0 = time.monotonic()
+        forms = run_forms(python, workdir)
+        forms["seconds"] = time.monotonic() - t0
+        forms_lines, forms_failures = judge_forms(forms)
+        for line in forms_lines:
+            log(line)
+        failures.extend(forms_failures)
     except IndexUnreachable as exc:
         log(f"SKIP: {exc}")
         return EXIT_UNREACHABLE
@@ -278,11 +348,12 @@ def main(argv: list[str] | None = None) -> int:
     if not demo_ok:
         failures.append("examples/demo.py fails on the patched PyTensor")
         log(demo_output[-3000:])
+    log(forms.get("summary", "forms: not compared (a form's run failed)"))
     for failure in failures:
         log(f"FAIL: {failure}")
     if not failures:
         log("upstream patch OK: applies cleanly, no regression in PyTensor's suites, "
-            "its own tests pass, the demo runs")
+            "its own tests pass, the demo runs, the two forms agree")
     log(f"total time {time.monotonic() - start:.1f} s")
     return EXIT_FAIL if failures else EXIT_OK
 
