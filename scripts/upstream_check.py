@@ -61,6 +61,7 @@ from pytensor_suites import IndexUnreachable, RunnerError, log  # noqa: E402
 SERIES = "3.3"
 VENV_PACKAGES = ["pytest", "hypothesis", "scipy"]
 KEEP_VENVS = 2
+IN_USE_SECONDS = 3600  # a venv used this recently may be in use by another checker
 EXIT_OK, EXIT_FAIL, EXIT_ERROR, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 
@@ -137,13 +138,15 @@ def patched_venv(patched: Path, key: str, cache: Path) -> tuple[Path, bool]:
             raise IndexUnreachable(f"pip install into the venv: {output.strip()[-300:]}")
         raise RunnerError(f"pip install of the patched tree failed:\n{output.strip()[-1500:]}")
     (venv / ".complete").write_text(key + "\n")
-    # Keep the most recent venvs only.
+    # Keep the most recent venvs only; but not one used in the last hour: the cache
+    # is shared by every worktree's checker, and another may be running in it.
     others = sorted(
         (p for p in venvs.iterdir() if p.is_dir() and p != venv),
         key=lambda p: p.stat().st_mtime, reverse=True,
     )
     for old in others[KEEP_VENVS - 1 :]:
-        shutil.rmtree(old, ignore_errors=True)
+        if time.time() - old.stat().st_mtime > IN_USE_SECONDS:
+            shutil.rmtree(old, ignore_errors=True)
     return python, False
 
 
