@@ -811,7 +811,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.form is None:
         parser.error(f"give --form or set ${ENV_VAR}")
     results = collect(args.form, args.probes)
-    text = json.dumps(results, indent=1, sort_keys=True)
+    # Not sorted: in run order, a probe's first differing field is its earliest stage.
+    text = json.dumps(results, indent=1)
     if args.out:
         args.out.write_text(text + "\n")
     else:
