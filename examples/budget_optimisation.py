@@ -34,7 +34,11 @@ from pytensor.graph.traversal import applys_between
 from scipy.optimize import brentq, minimize
 
 import pytensor_lazy_pullback  # noqa: F401  once: pt.grad now works on xtensor graphs
-from pytensor_lazy_pullback import LazyPullback
+
+try:  # the add-on
+    from pytensor_lazy_pullback import LazyPullback
+except ImportError:  # a PyTensor with the in-tree patch (./run.sh upstream): no add-on
+    from pytensor.gradient_lazy import LazyPullback
 
 BUDGET = 100.0
 CHANNELS = ["tv", "radio", "search", "social"]

@@ -12,8 +12,15 @@
 4. Runs there PyTensor's ``tests/test_gradient.py`` and ``tests/test_rop.py``
    and compares the failing test ids with those of the unpatched PyTensor (the
    installed one, same version), runs the patch's own tests under
-   ``tests/xtensor/`` (all must pass), and runs ``examples/demo.py`` with its
-   ``import pytensor_lazy_pullback`` line removed (must exit 0).
+   ``tests/xtensor/`` (all must pass).
+5. Runs ``examples/demo.py`` and ``examples/budget_optimisation.py`` in both
+   forms -- this interpreter with the repository first on ``PYTHONPATH`` (the
+   add-on), and the venv with their ``import pytensor_lazy_pullback`` line
+   removed (the patch): each must exit 0 and print the same in both, but for
+   the lines :data:`FORM_SPECIFIC` names.
+6. Runs ``scripts/compare_forms.py``'s probes (gradients, ``dprint`` of the lazy,
+   expanded and compiled graphs, errors, README's code blocks) in both forms the
+   same way, and compares them: any difference fails.
 
 Usage::
 
@@ -22,9 +29,9 @@ Usage::
 Cache: ``$PYTENSOR_SUITES_CACHE`` (default ``~/.cache/pytensor-lazy-pullback/sdists``):
 sdists, unpacked trees, ``pip index versions`` (one day) and ``venvs/<hash>``.
 
-Exit status: 0 all good; 1 a regression, a failing patch test, a failing demo or
-a patch that does not apply; 2 the runner itself failed; 3 something is not
-cached and the package index cannot be reached.
+Exit status: 0 all good; 1 a regression, a failing patch test, a failing
+example, the two forms differing or a patch that does not apply; 2 the runner itself
+failed; 3 something is not cached and the package index cannot be reached.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ SCRIPTS = Path(__file__).resolve().parent
 REPO = SCRIPTS.parent
 sys.path.insert(0, str(SCRIPTS))
 
+import compare_forms  # noqa: E402
 import pytensor_suites as suites  # noqa: E402
 import upstream  # noqa: E402
 from pytensor_suites import IndexUnreachable, RunnerError, log  # noqa: E402
@@ -53,6 +61,7 @@ from pytensor_suites import IndexUnreachable, RunnerError, log  # noqa: E402
 SERIES = "3.3"
 VENV_PACKAGES = ["pytest", "hypothesis", "scipy"]
 KEEP_VENVS = 2
+IN_USE_SECONDS = 3600  # a venv used this recently may be in use by another checker
 EXIT_OK, EXIT_FAIL, EXIT_ERROR, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 
@@ -129,13 +138,15 @@ def patched_venv(patched: Path, key: str, cache: Path) -> tuple[Path, bool]:
             raise IndexUnreachable(f"pip install into the venv: {output.strip()[-300:]}")
         raise RunnerError(f"pip install of the patched tree failed:\n{output.strip()[-1500:]}")
     (venv / ".complete").write_text(key + "\n")
-    # Keep the most recent venvs only.
+    # Keep the most recent venvs only; but not one used in the last hour: the cache
+    # is shared by every worktree's checker, and another may be running in it.
     others = sorted(
         (p for p in venvs.iterdir() if p.is_dir() and p != venv),
         key=lambda p: p.stat().st_mtime, reverse=True,
     )
     for old in others[KEEP_VENVS - 1 :]:
-        shutil.rmtree(old, ignore_errors=True)
+        if time.time() - old.stat().st_mtime > IN_USE_SECONDS:
+            shutil.rmtree(old, ignore_errors=True)
     return python, False
 
 
@@ -152,17 +163,131 @@ def venv_facts(python: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run_demo(python: Path, workdir: Path) -> tuple[bool, str]:
-    source = (REPO / "examples" / "demo.py").read_text()
-    stripped, n = re.subn(r"(?m)^import pytensor_lazy_pullback.*\n", "", source)
-    if n != 1:
-        raise RunnerError("examples/demo.py has no single 'import pytensor_lazy_pullback' line")
-    demo = workdir / "demo.py"
-    demo.write_text(stripped)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = run([str(python), str(demo)], cwd=workdir, env=env, timeout=900)
-    output = (proc.stdout + proc.stderr).strip()
-    return proc.returncode == 0, output
+EXAMPLES = ("demo.py", "budget_optimisation.py")
+"""examples/ run in both forms (pymc_dims_nuts.py needs PyMC, which the venv lacks)."""
+
+FORM_SPECIFIC = {
+    # The demo's contrast with PyTensor alone: the add-on switches itself off,
+    # the patched PyTensor has nothing to switch off.
+    "demo.py": re.compile(r"(?m)^  PyTensor (alone|with the in-tree patch): .*\n"),
+}
+"""Lines an example prints differently in the two forms on purpose."""
+
+
+def run_example(name: str, workdir: Path, python: Path | None = None) -> tuple[bool, str, str]:
+    """(exit 0?, stdout, stderr) of ``examples/NAME``.
+
+    With `python` (the venv): a copy without its ``import pytensor_lazy_pullback``
+    line, no ``PYTHONPATH``.  Without: the add-on form, this interpreter with the
+    repository first on ``PYTHONPATH``.
+    """
+    script = REPO / "examples" / name
+    if python is None:
+        cmd = [sys.executable, str(script)]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+        ))
+    else:
+        stripped, n = re.subn(r"(?m)^import pytensor_lazy_pullback.*\n", "", script.read_text())
+        if n != 1:
+            raise RunnerError(f"examples/{name} has no single 'import pytensor_lazy_pullback' line")
+        copy = workdir / name
+        copy.write_text(stripped)
+        cmd = [str(python), str(copy)]
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = run(cmd, cwd=workdir, env=env, timeout=900)
+    return proc.returncode == 0, proc.stdout, proc.stderr
+
+
+def run_examples(python: Path, workdir: Path) -> tuple[list[str], list[str]]:
+    """Each of `EXAMPLES` in both forms, outputs compared: (lines to print, failures)."""
+    lines: list[str] = []
+    failures: list[str] = []
+    for name in EXAMPLES:
+        t0 = time.monotonic()
+        outputs = {}
+        for form, py in (("add-on", None), ("patched", python)):
+            ok, stdout, stderr = run_example(name, workdir, py)
+            if ok:
+                pattern = FORM_SPECIFIC.get(name)
+                outputs[form] = pattern.sub("", stdout) if pattern else stdout
+            else:
+                where = "on the patched PyTensor" if py else "with the add-on"
+                failures.append(f"examples/{name} fails {where}")
+                lines += [f"examples/{name} FAILED {where}:", (stdout + stderr)[-3000:]]
+        if len(outputs) < 2:
+            continue
+        found = compare_forms.first_difference(outputs["add-on"], outputs["patched"])
+        if found is None:
+            lines.append(
+                f"examples/{name}: exit 0 in both forms, same output "
+                f"({len(outputs['patched'].splitlines())} lines; {time.monotonic() - t0:.0f} s)"
+            )
+        else:
+            line, addon, patched = found
+            failures.append(f"examples/{name} prints differently in the two forms (line {line})")
+            lines += [
+                f"examples/{name}: output line {line} differs:",
+                f"    add-on:  {addon}",
+                f"    patched: {patched}",
+            ]
+    return lines, failures
+
+
+def run_forms(python: Path, workdir: Path) -> dict:
+    """``compare_forms.py`` in the add-on form and in the patched venv, side by side.
+
+    Returns ``{"results": {form: results or None}, "errors": {form: output}}``:
+    a form whose run failed has no results and its output under ``errors``.
+    """
+    script = str(SCRIPTS / "compare_forms.py")
+    addon_env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+    ))
+    patched_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    runs = {
+        "addon": [sys.executable, script, "--form", "addon"],
+        "patched": [str(python), script, "--form", "patched"],
+    }
+    envs = {"addon": addon_env, "patched": patched_env}
+    results: dict = {}
+    errors: dict = {}
+    # One after the other: on the 2-core machine, running them together saved nothing.
+    for form, cmd in runs.items():
+        out = workdir / f"forms-{form}.json"
+        proc = run([*cmd, "--out", str(out)], cwd=workdir, env=envs[form], timeout=900)
+        if proc.returncode != 0 or not out.is_file():
+            errors[form] = (proc.stdout + proc.stderr).strip()[-3000:]
+            results[form] = None
+        else:
+            results[form] = json.loads(out.read_text())
+    return {"results": results, "errors": errors}
+
+
+def judge_forms(forms: dict) -> tuple[list[str], list[str]]:
+    """(lines to print, failures) for the results of `run_forms`."""
+    lines: list[str] = []
+    failures: list[str] = []
+    for form, output in forms["errors"].items():
+        failures.append(f"forms: compare_forms.py --form {form} failed")
+        lines += [f"compare_forms.py --form {form} failed:", *output.splitlines()[-20:]]
+    addon, patched = forms["results"]["addon"], forms["results"]["patched"]
+    if addon is None or patched is None:
+        return lines, failures
+    lines += [
+        f"note: versions differ: {v}" for v in compare_forms.version_mismatches(addon, patched)
+    ]
+    diffs = compare_forms.compare(addon, patched)
+    for diff in diffs:
+        lines.append(str(diff))
+        failures.append(f"forms differ: {diff.probe} ({diff.field}, line {diff.line})")
+    for form, results in (("add-on", addon), ("patched", patched)):
+        for problem in compare_forms.unexpected(results):
+            lines.append(f"unexpected in the {form} form: {problem}")
+            failures.append(f"forms: unexpected in the {form} form: {problem}")
+    forms["summary"] = f"{compare_forms.summary(addon, patched, diffs)} ({forms['seconds']:.0f} s)"
+    lines.append(forms["summary"])
+    return lines, failures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,11 +365,20 @@ def main(argv: list[str] | None = None) -> int:
         )
         own_failing = sorted(t for t, o in own["outcomes"].items() if o in suites.FAILING)
 
-        log("\n=== demo (examples/demo.py without its import of the add-on) ===")
+        log("\n=== examples (patched: without their import of the add-on; and the add-on) ===")
+        examples_lines, examples_failures = run_examples(python, workdir)
+        for line in examples_lines:
+            log(line)
+        failures.extend(examples_failures)
+
+        log("\n=== forms (scripts/compare_forms.py: the add-on vs the patched PyTensor) ===")
         t0 = time.monotonic()
-        demo_ok, demo_output = run_demo(python, workdir)
-        log("\n".join(demo_output.splitlines()[-5:]))
-        log(f"demo {'exit 0' if demo_ok else 'FAILED'} ({time.monotonic() - t0:.0f} s)")
+        forms = run_forms(python, workdir)
+        forms["seconds"] = time.monotonic() - t0
+        forms_lines, forms_failures = judge_forms(forms)
+        for line in forms_lines:
+            log(line)
+        failures.extend(forms_failures)
     except IndexUnreachable as exc:
         log(f"SKIP: {exc}")
         return EXIT_UNREACHABLE
@@ -275,14 +409,12 @@ def main(argv: list[str] | None = None) -> int:
         failures.append(f"patch test fails: {t}")
         for line in own["messages"].get(t, "").splitlines():
             log(f"      | {line[:200]}")
-    if not demo_ok:
-        failures.append("examples/demo.py fails on the patched PyTensor")
-        log(demo_output[-3000:])
+    log(forms.get("summary", "forms: not compared (a form's run failed)"))
     for failure in failures:
         log(f"FAIL: {failure}")
     if not failures:
         log("upstream patch OK: applies cleanly, no regression in PyTensor's suites, "
-            "its own tests pass, the demo runs")
+            "its own tests pass, the examples run, the two forms agree")
     log(f"total time {time.monotonic() - start:.1f} s")
     return EXIT_FAIL if failures else EXIT_OK
 

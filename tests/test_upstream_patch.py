@@ -6,10 +6,13 @@ installed pytensor (cached in ``$PYTENSOR_SUITES_CACHE`` or
 oldest and newest 3.3.x sdists, installs the patched PyTensor **without** this
 package into a venv (cached by the patch's hash), and runs there PyTensor's
 ``tests/test_gradient.py`` and ``tests/test_rop.py`` (no new failure compared
-with the unpatched PyTensor), the patch's own tests (all pass) and the demo.
-Deselect with ``-m "not upstream_patch"``.
+with the unpatched PyTensor), the patch's own tests (all pass) and the demo,
+and compares the two forms with ``scripts/compare_forms.py`` (gradients,
+``dprint`` of lazy, expanded and compiled graphs, errors and README's examples,
+identical).  Deselect with ``-m "not upstream_patch"``.
 """
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +20,9 @@ from pathlib import Path
 import pytest
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+import compare_forms  # noqa: E402
 EXIT_UNREACHABLE = 3  # scripts/upstream_check.py: not cached, index unreachable
 
 
@@ -42,6 +48,64 @@ def test_upstream_patch_passes_pytensors_suites_without_the_addon():
         + "\n".join(proc.stdout.splitlines()[-40:])
     )
     assert "upstream patch OK" in proc.stdout
+    forms = re.findall(r"^forms: (\d+) probes, (.*?) \(", proc.stdout, flags=re.M)
+    assert forms, "scripts/upstream_check.py printed no 'forms: N probes, ...' line"
+    count, verdict = forms[-1]
+    assert verdict == "identical" and int(count) >= 20, forms[-1]
+
+
+def _results(**probes):
+    return {"form": "x", "versions": {}, "probes": probes, "seconds": {}}
+
+
+def test_compare_forms_names_the_probe_and_the_first_differing_line():
+    addon = _results(p={"graph": "A [id A]\n B [id B]\n C [id C]", "log": ""})
+    patched = _results(p={"graph": "A [id A]\n B [id B]\n D [id C]", "log": ""})
+    [diff] = compare_forms.compare(addon, patched)
+    assert (diff.probe, diff.field, diff.line) == ("p", "graph", 3)
+    assert diff.addon == " C [id C]" and diff.patched == " D [id C]"
+    assert compare_forms.summary(addon, patched, [diff]) == "forms: 1 probes, 1 differ"
+
+
+def test_compare_forms_reads_the_addons_names_as_their_in_tree_homes():
+    """The patch rewrites ``pytensor_lazy_pullback.X`` to X's home: not a difference."""
+    addon = _results(p={
+        "error": "type: pytensor_lazy_pullback.rewriting.LazyPullbackExpansionError\n"
+                 "at 0x7f00aa12",
+    })
+    patched = _results(p={
+        "error": "type: pytensor.tensor.rewriting.lazy_pullback.LazyPullbackExpansionError\n"
+                 "at 0x7f99bb34",
+    })
+    assert compare_forms.compare(addon, patched) == []
+    # A bare mention of the add-on is a difference.
+    addon["probes"]["p"]["error"] = "import pytensor_lazy_pullback first"
+    patched["probes"]["p"]["error"] = "import  first"
+    assert len(compare_forms.compare(addon, patched)) == 1
+
+
+def test_compare_forms_flags_missing_probes_fields_and_unexpected_outcomes():
+    addon = _results(p={"graph": "x", "extra": "y"}, q={"graph": "z"})
+    patched = _results(p={"graph": "x"})
+    diffs = compare_forms.compare(addon, patched)
+    assert [(d.probe, d.field) for d in diffs] == [("p", "extra"), ("q", "(probe)")]
+    results = _results(error_a={"graph": "g"}, b={"error[numba]": "stage: compile\nmessage:\nboom"})
+    assert compare_forms.unexpected(results) == [
+        "error_a: raised nothing", "b: error[numba]: boom"
+    ]
+
+
+def test_readme_blocks_run_without_the_addon_import_in_the_patched_form():
+    text = (
+        "Usage\n-----\n\n.. code-block:: python\n\n    import pytensor\n\n"
+        "    import pytensor_lazy_pullback  # once\n    x = 1\n\nAfter.\n\n"
+        ".. code-block:: console\n\n    ./run.sh demo\n"
+    )
+    [block] = compare_forms.readme_blocks(text)
+    assert block == "import pytensor\n\nimport pytensor_lazy_pullback  # once\nx = 1\n"
+    assert compare_forms.for_form(block, "patched") == "import pytensor\n\nx = 1\n"
+    assert compare_forms.for_form(block, "addon") == block
+    assert len(compare_forms.readme_blocks()) >= 1  # README.rst's own
 
 
 def test_generator_refuses_a_tree_that_is_not_pytensor(tmp_path):
