@@ -12,7 +12,9 @@ Each node gets a *depth*: the largest number of ordinary nodes and cut
 variables on any path to it from the graph's inputs.  A path that leaves a
 region and comes back passes at least one more, so regions are the connected
 groups of un-lowered nodes of equal depth.  One iterative pass computes it (no
-recursion, so deep graphs are fine).
+recursion, so deep graphs are fine).  A lazy derivative being differentiated
+again also takes in the regions it reads through ordinary nodes, and those
+nodes (see `_join_derivatives`).
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pytensor.graph.basic import Apply, Constant, Variable
+from pytensor.graph.null_type import NullType
 
 from pytensor_lazy_pullback.unlowered import (
+    LazyRegionOp,
     is_conversion,
     is_structural,
     is_unlowered,
@@ -42,7 +46,8 @@ class Region:
     nodes
         The region's nodes in topological order, including the nodes put
         inside because the lowering must see them (see
-        `~pytensor_lazy_pullback.unlowered.UnloweredFamily.structural_ops`).
+        `~pytensor_lazy_pullback.unlowered.UnloweredFamily.structural_ops`) and
+        the ordinary nodes between a lazy derivative and the regions it reads.
     inputs
         The non-constant variables the region reads from the outer graph.
     outputs
@@ -139,10 +144,12 @@ def find_regions(
             owner = inp.owner
             if owner in parent and inp not in cuts and depth[owner] == depth[node]:
                 parent[find(owner)] = find(node)
+    _join_derivatives(order, parent, find, path, consumers, cuts)
 
     groups: dict[Apply, list[Apply]] = {}
-    for node in parent:
-        groups.setdefault(find(node), []).append(node)
+    for node in order:
+        if node in parent:
+            groups.setdefault(find(node), []).append(node)
     # A group of conversions only (e.g. labelling a leaf) has nothing to lower:
     # its nodes keep their own pullbacks.  Convexity of the other regions is
     # unaffected: a path through such a group passes a cut or a depth change.
@@ -151,6 +158,76 @@ def find_regions(
         for nodes in groups.values()
         if not all(is_conversion(node) for node in nodes)
     ]
+
+
+def _join_derivatives(order, parent, find, path, consumers, cuts) -> None:
+    """Join each lazy derivative to the regions it reads through ordinary nodes.
+
+    A second derivative differentiates a lazy derivative (a `LazyPullback`) whose cotangent is computed, by
+    ordinary nodes, from the outputs of the forward region it pulls back
+    through, as for any loss not linear in them.  As separate regions, each
+    would pull back through its own copy of the lowered forward pass, where the
+    reference adds the cotangents of the forward variables first and pulls back
+    once (a second matrix product per row of a Hessian).  So the lazy node, the
+    regions it reads and the ordinary nodes in between become one region,
+    provided it is convex, no cut variable is interior to it, and ``grad`` could
+    take the pullback of each of those ordinary nodes (else they stay apart, and
+    an error ``grad`` raises for one of them is still raised by ``grad``).
+    """
+    for lazy in [node for node in order if isinstance(node.op, LazyRegionOp)]:
+        ancestors: set[Apply] = set()
+        stack = [lazy]
+        while stack:
+            for inp in stack.pop().inputs:
+                owner = inp.owner
+                if owner in path and owner not in ancestors and inp not in cuts:
+                    ancestors.add(owner)
+                    stack.append(owner)
+        between = {node for node in ancestors if node in parent and find(node) is not find(lazy)}
+        if not between:
+            continue
+        for node in order:  # what lies on a path from those regions to `lazy`
+            if node in ancestors and any(
+                inp.owner in between and inp not in cuts for inp in node.inputs
+            ):
+                between.add(node)
+        roots = {find(node) for node in between if node in parent} | {find(lazy)}
+        joined = between | {node for node in parent if find(node) in roots}
+        if _convex(joined, order, cuts) and all(
+            _pullback_defined(node, consumers) for node in between if node not in parent
+        ):
+            for node in joined:
+                parent.setdefault(node, node)
+                parent[find(node)] = find(lazy)
+
+
+def _convex(members: set[Apply], order: list[Apply], cuts) -> bool:
+    """Whether no path leaves `members` and comes back, and no cut variable is interior."""
+    reached: set[Apply] = set()  # outside `members`, downstream of them
+    for node in order:
+        if node in members:
+            if any(
+                inp.owner in reached or (inp.owner in members and inp in cuts)
+                for inp in node.inputs
+            ):
+                return False
+        elif any(inp.owner in members or inp.owner in reached for inp in node.inputs):
+            reached.add(node)
+    return True
+
+
+def _pullback_defined(node: Apply, consumers) -> bool:
+    """Whether ``grad`` would get a pullback from ordinary `node` (asked on fresh cotangents)."""
+    try:
+        grads = node.op.pullback(
+            list(node.inputs), list(node.outputs), [out.type() for out in node.outputs]
+        )
+        return not any(
+            isinstance(g.type, NullType) and inp in consumers
+            for inp, g in zip(node.inputs, grads, strict=True)
+        )
+    except Exception:
+        return False
 
 
 def _depths(path, cuts):

@@ -15,11 +15,13 @@ import pytensor
 import pytensor.tensor as pt
 import pytensor.xtensor as px
 import pytensor.xtensor.math as pxm
+from pytensor.compile.builders import OpFromGraph
 from pytensor.compile.mode import Mode, get_mode
 from pytensor.graph.basic import Variable
 from pytensor.graph.replace import clone_replace
 from pytensor.graph.rewriting.utils import rewrite_graph
 from pytensor.graph.traversal import ancestors, applys_between, graph_inputs
+from pytensor.scan.op import Scan
 from pytensor.tensor.type import continuous_dtypes
 from pytensor.xtensor.basic import XOp
 from pytensor.xtensor.type import XTensorType
@@ -249,6 +251,16 @@ def assert_lazy(grads):
 def n_apply_nodes(inputs, outputs, mode=COUNT_MODE):
     fn = pytensor.function(inputs, outputs, mode=mode, on_unused_input="ignore")
     return fn, len(fn.maker.fgraph.apply_nodes)
+
+
+def n_nodes(fgraph):
+    """Apply nodes of `fgraph`, counting those of Scan/OpFromGraph inner graphs too."""
+    total = 0
+    for node in fgraph.apply_nodes:
+        total += 1
+        if isinstance(node.op, Scan | OpFromGraph):
+            total += n_nodes(node.op.fgraph)
+    return total
 
 
 def xop_nodes(fgraph_nodes):

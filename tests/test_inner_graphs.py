@@ -36,6 +36,7 @@ from helpers import (
     central_differences,
     graph_nodes,
     lower,
+    n_nodes,
     random_values,
     reference_grad,
     reference_transform,
@@ -92,16 +93,6 @@ def inner_graph_ops(fn):
     for node in fn.maker.fgraph.apply_nodes:
         if isinstance(node.op, Scan | OpFromGraph):
             yield from graph_ops(node.op.fgraph)
-
-
-def n_nodes(fgraph):
-    """Apply nodes of `fgraph`, counting those of Scan/OpFromGraph inner graphs too."""
-    total = 0
-    for node in fgraph.apply_nodes:
-        total += 1
-        if isinstance(node.op, Scan | OpFromGraph):
-            total += n_nodes(node.op.fgraph)
-    return total
 
 
 def holds_lazy_pullback(outputs):

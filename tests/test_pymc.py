@@ -26,9 +26,11 @@ import pytensor.tensor as pt  # noqa: E402
 import pytensor.xtensor.random as pxr  # noqa: E402
 from pymc.sampling.mcmc import assign_step_methods  # noqa: E402
 from pymc.step_methods import NUTS, Metropolis  # noqa: E402
+from pytensor.compile.mode import Mode  # noqa: E402
 
 import pytensor_lazy_pullback  # noqa: E402, F401
 from pytensor_lazy_pullback import integration_disabled  # noqa: E402
+from helpers import MODE, lower, n_nodes  # noqa: E402
 
 FAST = {"mode": "FAST_COMPILE"}
 
@@ -329,3 +331,54 @@ def test_random_draw_on_path_falls_back_like_without_addon():
     assert "tree_depth" not in idata.sample_stats and "accepted" in idata.sample_stats
     assert idata.posterior["mu"].shape == idata_off.posterior["mu"].shape == (1, 30, 3)
     assert np.all(np.isfinite(idata.posterior["mu"].values))
+
+
+# compile_d2logp of a dims model with a labelled Potential, against the
+# reference (logp lowered first) and the plain-tensor model.
+
+
+def _d2logp_models():
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(20, 3))
+    y = X @ np.array([0.5, -1.0, 0.8]) + 0.7 * rng.normal(size=20)
+    coords = {"obs": np.arange(20), "feature": ["a", "b", "c"]}
+
+    def labelled():
+        with pm.Model(coords=coords) as model:
+            beta = pmd.Normal("beta", 0.0, 1.5, dims="feature")
+            fit = pmd.math.dot(pmd.as_xtensor(X, dims=("obs", "feature")), beta, dim="feature")
+            resid = (pmd.as_xtensor(y, dims=("obs",)) - fit) / 0.7
+            pmd.Potential("lik", (-0.5 * resid**2).sum())
+        return model
+
+    def plain():
+        with pm.Model(coords=coords) as model:
+            beta = pm.Normal("beta", 0.0, 1.5, dims="feature")
+            pm.Potential("lik", (-0.5 * ((y - pt.dot(X, beta)) / 0.7) ** 2).sum())
+        return model
+
+    return labelled, plain
+
+
+def test_pymc_d2logp_nodes_not_above_reference():
+    """``compile_d2logp``: ours <= the reference (logp lowered first); values of the plain model."""
+    from pymc.pytensorf import hessian, rewrite_pregrad
+
+    labelled, plain = _d2logp_models()
+    # COUNT_MODE as a query PyMC can add its own rewrites to.
+    count_mode = Mode(linker="py", optimizer="fast_run")
+    point = {"beta": np.array([0.3, -0.2, 1.0])}
+    ours = labelled().compile_d2logp(negate_output=False, mode=count_mode)
+
+    model = labelled()
+    with integration_disabled():
+        logp = lower(model.logp())
+        hess = hessian(rewrite_pregrad(logp), model.continuous_value_vars, negate_output=False)
+    ref = model.compile_fn(
+        inputs=model.value_vars, outs=hess, mode=count_mode, on_unused_input="ignore"
+    )
+    want = plain().compile_d2logp(negate_output=False, mode=MODE)(point)
+
+    assert n_nodes(ours.f.maker.fgraph) <= n_nodes(ref.f.maker.fgraph)
+    np.testing.assert_allclose(ours(point), ref(point), rtol=1e-10)
+    np.testing.assert_allclose(ours(point), want, rtol=1e-10)
