@@ -37,6 +37,9 @@ from pytensor.graph.rewriting.basic import (
 from pytensor.graph.op import Op
 from pytensor.graph.traversal import toposort
 from pytensor.scan.op import Scan
+from pytensor.tensor.einsum import Einsum
+from pytensor.tensor.rewriting.einsum import inline_optimized_einsum
+from pytensor.tensor.type import float_dtypes
 
 from pytensor_lazy_pullback.op import LazyPullback, LazyPushforward, lazy_zeros_like
 from pytensor_lazy_pullback.unlowered import (
@@ -118,6 +121,7 @@ def _lowered_pushforward(node: Apply) -> list[Variable]:
     op: LazyPushforward = node.op
     inner = op.fgraph.unfreeze()
     lower_graph(inner)
+    _inline_einsums(inner)
     n_in = len(inner.inputs)
     fresh_tangents = [tangent.type() for tangent in node.inputs[n_in:]]
     tangents = gradient.pushforward(
@@ -157,6 +161,7 @@ def _lowered_pullback(
         inner.add_output(var)  # tracked through the lowering
     lower_graph(inner)
     _merge_input_conversions(inner)
+    _inline_einsums(inner)
     outputs, lowered = inner.outputs[:n_out], inner.outputs[n_out:]
 
     n_in = len(inner.inputs)
@@ -182,6 +187,30 @@ def _lowered_pullback(
         for outer, low in zip(forward.values(), lowered, strict=True)
     }
     return new_grads, replacements
+
+
+def _inline_einsums(fgraph: FunctionGraph) -> None:
+    """Inline the optimized ``Einsum``\\ s of a lowered region before it is differentiated.
+
+    ``lower_xtensor`` turns ``dot`` into an ``Einsum``, an ``OpFromGraph`` that
+    compilation inlines anyway (``inline_optimized_einsum``) but whose pullback
+    and pushforward are ``OpFromGraph``\\ s that nothing inlines.  Inlined first,
+    the region is differentiated through its ``Dot``\\ s, as a model written
+    with tensors is: fewer nodes than the reference, the same values.  An
+    ``Einsum`` of integer or boolean operands is left alone: its pullback
+    refuses them as the reference's does.
+    """
+    _INLINE_EINSUMS.rewrite(fgraph)
+
+
+@node_rewriter([Einsum])
+def _inline_float_einsum(fgraph, node):
+    if all(var.type.dtype in float_dtypes for var in [*node.inputs, *node.outputs]):
+        return inline_optimized_einsum.transform(fgraph, node)
+    return None
+
+
+_INLINE_EINSUMS = dfs_rewriter(_inline_float_einsum, ignore_newtrees=True)
 
 
 def _on_node_inputs(node: Apply, fresh: list[Variable], results: list[Variable]) -> dict:

@@ -250,7 +250,7 @@ def assert_lazy(grads):
 
 def n_apply_nodes(inputs, outputs, mode=COUNT_MODE):
     fn = pytensor.function(inputs, outputs, mode=mode, on_unused_input="ignore")
-    return fn, len(fn.maker.fgraph.apply_nodes)
+    return fn, n_nodes(fn.maker.fgraph)
 
 
 def n_nodes(fgraph):

@@ -142,17 +142,12 @@ def test_jacobian_of_a_gradient_wrt_a_plain_tensor(vectorize):
 # matrix product per row than the reference, which adds the cotangents first);
 # ``regions._join_derivatives`` makes them one region.
 #
-# One known cell is a node above the reference without computing more: the
-# ``jacobian(vectorize=False)`` of the labelled dense layer.  PyTensor seeds
-# ``grad(expr[i], wrt)`` in the loop with ``ones_like(expr[i])``, which keeps
-# the jacobian's ``expression`` a non-sequence of the ``Scan`` until the inner
-# graph is simplified, after the last pass that drops unused Scan inputs.  So
-# the reference computes ``expression`` (the forward output) for a loop that
-# never reads it; on the dense layer that dead output is what fuses the two
-# loop-invariant elementwise factors into one ``Composite``.  Ours seeds a scalar
-# cost computed from un-lowered nodes with a constant (``op.lazy_ones_like``),
-# so the forward output is not computed at all; the reference seeded the same
-# way compiles to exactly our count (``test_jacobian_loop_is_the_reference_seeded_with_a_constant``).
+# PyTensor seeds ``grad(expr[i], wrt)`` in the loop of
+# ``jacobian(vectorize=False)`` with ``ones_like(expr[i])``, which keeps the
+# forward output a (dead) non-sequence of the ``Scan`` until the inner graph is
+# simplified; ours seeds a scalar cost computed from un-lowered nodes with a
+# constant (``op.lazy_ones_like``), so the forward output is not computed for
+# the loop (``test_jacobian_loop_computes_nothing_it_does_not_read``).
 
 
 def loss(out):
@@ -287,11 +282,11 @@ def test_jacobian_loop_computes_nothing_it_does_not_read(family):
 
 @pytest.mark.parametrize("family", list(TRANSFORM_FAMILIES))
 def test_jacobian_loop_is_the_reference_seeded_with_a_constant(family):
-    """With PyTensor's seed replaced by ours (a constant 1), the reference has our node count.
+    """With PyTensor's seed replaced by ours (a constant 1), the reference has no fewer nodes.
 
-    PyTensor's own seed ``ones_like(expr[i])`` is the only difference: on the
-    dense layer it keeps the forward output alive as a dead Scan input, which
-    fuses two elementwise nodes into one.
+    PyTensor's own seed ``ones_like(expr[i])`` keeps the forward output alive
+    as a dead Scan input (on the dense layer it fuses two elementwise nodes
+    into one); ours also differentiates the inlined ``Einsum`` of a ``dot``.
     """
     inputs, w, out = TRANSFORM_FAMILIES[family]()
     ours = gradient.jacobian(out, w, vectorize=False)
@@ -306,7 +301,7 @@ def test_jacobian_loop_is_the_reference_seeded_with_a_constant(family):
         )
         ref = gradient.jacobian(low, w, vectorize=False)
     fn, seeded_fn, ref_fn = (compiled(inputs, g) for g in (ours, seeded, ref))
-    assert n_nodes(fn.maker.fgraph) == n_nodes(seeded_fn.maker.fgraph)
+    assert n_nodes(fn.maker.fgraph) <= n_nodes(seeded_fn.maker.fgraph)
     vals = values_for(inputs)
     np.testing.assert_allclose(fn(*vals), ref_fn(*vals), rtol=1e-10, atol=1e-12)
     # The reference's extra node, where there is one, is that dead input.
