@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.setrecursionlimit(100_000)
 
 import pytensor_lazy_pullback  # noqa: E402,F401
-from graphs import FAMILIES  # noqa: E402
+from graphs import FAMILIES, count_nodes  # noqa: E402
 
 
 def timed(fn, repeat=1):
@@ -118,7 +118,7 @@ def measure(builder, size, args):
         fns = {}
         for side, (inputs, cost, grads) in built.items():
             fns[side] = pytensor.function(inputs, [cost, *grads], mode=mode, trust_input=True)
-            row[side][f"nodes_{mode_name}"] = len(fns[side].maker.fgraph.apply_nodes)
+            row[side][f"nodes_{mode_name}"] = count_nodes(fns[side].maker.fgraph.apply_nodes)
         samples = {side: [] for side in built}
         for _ in range(args.repeat):
             for side, (inputs, cost, grads) in built.items():

@@ -43,14 +43,13 @@ import pytensor.gradient as gradient
 import pytensor.tensor as pt
 import pytensor.xtensor as px
 from pytensor.compile.mode import get_mode
-from pytensor.graph.op import HasInnerGraph
 from pytensor.graph.rewriting.utils import rewrite_graph
-from pytensor.graph.traversal import applys_between
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 import pytensor_lazy_pullback  # noqa: E402
 from pytensor_lazy_pullback import integration_disabled  # noqa: E402
+from graphs import count_nodes  # noqa: E402
 
 
 # ---------------------------------------------------------------------------
@@ -146,21 +145,6 @@ def build(family, transform):
 # ---------------------------------------------------------------------------
 # Measuring
 # ---------------------------------------------------------------------------
-
-
-def count_nodes(nodes) -> int:
-    """Apply nodes, counting those of inner graphs (Scan, OpFromGraph, ...) recursively."""
-    total = 0
-    for node in nodes:
-        total += 1
-        op = node.op
-        if isinstance(op, HasInnerGraph):
-            fgraph = getattr(op, "fgraph", None)
-            if fgraph is not None:
-                total += count_nodes(fgraph.apply_nodes)
-            else:
-                total += count_nodes(applys_between(op.inner_inputs, op.inner_outputs))
-    return total
 
 
 def values_for(inputs, seed=0):

@@ -10,8 +10,24 @@ import numpy as np
 import pytensor.tensor as pt
 import pytensor.xtensor as px
 import pytensor.xtensor.math as pxm
+from pytensor.graph.op import HasInnerGraph
 from pytensor.graph.traversal import applys_between
 from pytensor.xtensor.basic import XOp
+
+
+def count_nodes(nodes) -> int:
+    """Apply nodes, counting those of inner graphs (Scan, OpFromGraph, ...) recursively."""
+    total = 0
+    for node in nodes:
+        total += 1
+        op = node.op
+        if isinstance(op, HasInnerGraph):
+            fgraph = getattr(op, "fgraph", None)
+            if fgraph is not None:
+                total += count_nodes(fgraph.apply_nodes)
+            else:
+                total += count_nodes(applys_between(op.inner_inputs, op.inner_outputs))
+    return total
 
 
 def count_xops(inputs, outputs) -> int:
