@@ -108,9 +108,9 @@ class LazyPullback(LazyRegionOp):
             if current in fgraph.outputs:
                 dtypes.append(config.floatX)
             for client, _ in fgraph.clients.get(current, ()):
-                if not isinstance(client, Apply):
-                    continue
-                for out in client.outputs:
+                # A frozen graph's nodes are FrozenApply, not Apply; an output
+                # marker has no outputs.
+                for out in getattr(client, "outputs", ()):
                     if out.type.dtype in float_dtypes:
                         dtypes.append(out.type.dtype)
                     elif is_conversion(client):

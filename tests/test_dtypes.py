@@ -101,6 +101,22 @@ def test_float32_float_with_int64_upcasts_like_the_reference():
     )
 
 
+@pytest.mark.parametrize("dtype", ["bool", "int8"])
+def test_discrete_wrt_through_float32_arithmetic_has_the_references_dtype(dtype):
+    """A boolean/int8 ``wrt`` read by float32 arithmetic (tanh of a boolean is
+    float32) gets a float32 cotangent, as the lowered chain rule gives (read off
+    the region's frozen nodes, which are not `Apply` instances)."""
+    x = px.xtensor("x", dims=("a", "b"), shape=(2, 3))
+    flag = (pxm.tanh(x > 0) > 0).astype(dtype)
+    h = pxm.tanh(x > 0) - flag
+    assert h.type.dtype == "float32"
+    cost = pxm.exp(0.1 * h).sum().values
+    [ours] = pt.grad(cost, [flag])
+    [ref] = reference_grad(cost, [flag])
+    assert ours.type.dtype == ref.type.dtype == "float32"
+    assert_same_gradients([ours], [ref], [x], [np.linspace(-1, 1, 6).reshape(2, 3)])
+
+
 def test_where_with_boolean_condition():
     rate, _ = _leaves()
     b = px.xtensor("b", dims=("s",), shape=(3,), dtype="bool")
