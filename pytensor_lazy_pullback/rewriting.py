@@ -435,7 +435,7 @@ def _find_forward(
     read_outside = {}
     for var, outer in found.items():
         if var.owner is None or not is_unlowered(var.owner):
-            continue  # an input, or an ordinary node the region absorbed
+            continue  # an input, or an ordinary node inside the region
         clients = fgraph.clients.get(outer, ())
         if var in inner.outputs or any(client not in matched for client, _ in clients):
             read_outside[var] = outer
