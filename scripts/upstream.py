@@ -332,13 +332,23 @@ def check_jacobian_reexport(src: Path) -> None:
     )
 
 
-def delegate(method: str, params: str, module: str, helper: str, call: str) -> str:
-    return f"""\
+def add_delegating_method(
+    sf: SourceFile, cls: str, method: str, params: str, module: str, helper: str
+) -> None:
+    """Add ``cls.method(params)``, calling ``module.helper(params)``, after the class's last statement.
+
+    Raises `AnchorError` if the class already defines `method`.
+    """
+    node = find_class(sf, cls)
+    if any(isinstance(n, ast.FunctionDef) and n.name == method for n in node.body):
+        raise AnchorError(f"{sf.rel}: {cls}.{method}: already defined")
+    block = f"""\
     def {method}({params}):
         from {module} import {helper}
 
-        return {helper}({call})
+        return {helper}({params})
     """
+    sf.replace(node.end_lineno, node.end_lineno, ["", *indent(block, node.body[-1].col_offset)])
 
 
 def xtensor_edits(src: Path) -> list[SourceFile]:
@@ -365,36 +375,13 @@ def xtensor_edits(src: Path) -> list[SourceFile]:
         ),
     )
 
-    # XOp.connection_pattern: added (after the class's last statement).
-    xop = find_class(basic, "XOp")
-    if any(isinstance(n, ast.FunctionDef) and n.name == "connection_pattern" for n in xop.body):
-        raise AnchorError(f"{basic.rel}: XOp.connection_pattern: already defined")
-    col = xop.body[-1].col_offset
-    basic.replace(
-        xop.end_lineno,
-        xop.end_lineno,
-        [""]
-        + indent(
-            delegate("connection_pattern", "self, node", xmod, "xop_connection_pattern",
-                     "self, node"),
-            col,
-        ),
+    add_delegating_method(
+        basic, "XOp", "connection_pattern", "self, node", xmod, "xop_connection_pattern"
     )
-
-    # XTypeCastOp.pushforward: added (conversions are linear).
-    cast = find_class(basic, "XTypeCastOp")
-    if any(isinstance(n, ast.FunctionDef) and n.name == "pushforward" for n in cast.body):
-        raise AnchorError(f"{basic.rel}: XTypeCastOp.pushforward: already defined")
-    col = cast.body[-1].col_offset
-    basic.replace(
-        cast.end_lineno,
-        cast.end_lineno,
-        [""]
-        + indent(
-            delegate("pushforward", "self, inputs, outputs, tangents", xmod,
-                     "conversion_pushforward", "self, inputs, outputs, tangents"),
-            col,
-        ),
+    # Conversions are linear.
+    add_delegating_method(
+        basic, "XTypeCastOp", "pushforward", "self, inputs, outputs, tangents", xmod,
+        "conversion_pushforward",
     )
 
     # XTensorFromTensor.vectorize_node: names the new dims it is not told.
@@ -418,16 +405,8 @@ def xtensor_edits(src: Path) -> list[SourceFile]:
     xtype = find_class(types, "XTensorType")
     if not any(isinstance(n, ast.FunctionDef) and n.name == "in_same_class" for n in xtype.body):
         # (The add-on, too, leaves a PyTensor that defines it alone.)
-        col = xtype.body[-1].col_offset
-        types.replace(
-            xtype.end_lineno,
-            xtype.end_lineno,
-            [""]
-            + indent(
-                delegate("in_same_class", "self, otype", xmod, "xtensor_in_same_class",
-                         "self, otype"),
-                col,
-            ),
+        add_delegating_method(
+            types, "XTensorType", "in_same_class", "self, otype", xmod, "xtensor_in_same_class"
         )
 
     vectorization = SourceFile.read(src, "pytensor/xtensor/vectorization.py")

@@ -23,32 +23,14 @@ SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
 import compare_forms  # noqa: E402
-EXIT_UNREACHABLE = 3  # scripts/upstream_check.py: not cached, index unreachable
+from test_pytensor_suites import run_checker  # noqa: E402
 
 
 @pytest.mark.upstream_patch
 def test_upstream_patch_passes_pytensors_suites_without_the_addon():
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPTS / "upstream_check.py")],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=2400,
-    )
-    print(proc.stdout)
-    print(proc.stderr, file=sys.stderr)
-    if proc.returncode == EXIT_UNREACHABLE:
-        reason = next(
-            (line for line in proc.stdout.splitlines() if line.startswith("SKIP:")),
-            "the package index is unreachable and the sdists are not cached",
-        )
-        pytest.skip(reason)
-    assert proc.returncode == 0, (
-        f"scripts/upstream_check.py exited {proc.returncode}:\n"
-        + "\n".join(proc.stdout.splitlines()[-40:])
-    )
-    assert "upstream patch OK" in proc.stdout
-    forms = re.findall(r"^forms: (\d+) probes, (.*?) \(", proc.stdout, flags=re.M)
+    stdout = run_checker("upstream_check.py", timeout=2400)
+    assert "upstream patch OK" in stdout
+    forms = re.findall(r"^forms: (\d+) probes, (.*?) \(", stdout, flags=re.M)
     assert forms, "scripts/upstream_check.py printed no 'forms: N probes, ...' line"
     count, verdict = forms[-1]
     assert verdict == "identical" and int(count) >= 20, forms[-1]
@@ -108,14 +90,19 @@ def test_readme_blocks_run_without_the_addon_import_in_the_patched_form():
     assert len(compare_forms.readme_blocks()) >= 1  # README.rst's own
 
 
-def test_generator_refuses_a_tree_that_is_not_pytensor(tmp_path):
-    out = tmp_path / "out.patch"
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPTS / "upstream.py"), str(tmp_path), str(out)],
+def run_generator(src, out):
+    """``scripts/upstream.py SRC OUT``, its output captured."""
+    return subprocess.run(
+        [sys.executable, str(SCRIPTS / "upstream.py"), str(src), str(out)],
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,
     )
+
+
+def test_generator_refuses_a_tree_that_is_not_pytensor(tmp_path):
+    out = tmp_path / "out.patch"
+    proc = run_generator(tmp_path, out)
     assert proc.returncode == 1
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "not a PyTensor source tree" in proc.stderr
@@ -134,12 +121,7 @@ def test_generator_names_a_changed_anchor_and_writes_nothing(tmp_path):
     )
     out = tmp_path / "out.patch"
     before = gradient.read_text()
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPTS / "upstream.py"), str(tmp_path), str(out)],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
+    proc = run_generator(tmp_path, out)
     assert proc.returncode == 1
     [line] = proc.stderr.strip().splitlines()
     assert "pytensor/gradient.py" in line and "_populate_grad_dict" in line
@@ -148,11 +130,7 @@ def test_generator_names_a_changed_anchor_and_writes_nothing(tmp_path):
 
 
 def test_every_test_file_is_carried_or_left_out_with_a_reason():
-    sys.path.insert(0, str(SCRIPTS))
-    try:
-        import upstream
-    finally:
-        sys.path.remove(str(SCRIPTS))
+    import upstream
     files = {path.name for path in Path(__file__).parent.glob("test_*.py")}
     carried, left_out = set(upstream.TESTS), set(upstream.LEFT_OUT_TESTS)
     assert not carried & left_out
