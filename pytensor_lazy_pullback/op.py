@@ -26,11 +26,12 @@ from pytensor.graph.fg import FrozenFunctionGraph
 from pytensor.graph.null_type import NullType
 from pytensor.gradient import DisconnectedType, disconnected_type, grad_undefined
 from pytensor.graph.replace import _vectorize_node, vectorize_graph
-from pytensor.graph.traversal import ancestors, applys_between, toposort
+from pytensor.graph.traversal import ancestors, applys_between, walk_toposort
 from pytensor import config
 from pytensor.scalar import upcast
 from pytensor.tensor.basic import constant
-from pytensor.tensor.type import continuous_dtypes, float_dtypes
+from pytensor.tensor.extra_ops import broadcast_to
+from pytensor.tensor.type import TensorType, continuous_dtypes, float_dtypes
 
 from pytensor_lazy_pullback.regions import Region, find_regions
 from pytensor_lazy_pullback.unlowered import (
@@ -337,11 +338,12 @@ def _lazy_pushforward(
 ):
     """``_pushforward_direct`` with one `LazyPushforward` per un-lowered region.
 
-    Like PyTensor's, it asks every ordinary node between `inputs` and
-    `outputs` for its ``pushforward``, in topological order (iteratively, so
-    deep graphs are fine).  Each region of un-lowered nodes on the way is one
-    `LazyPushforward` instead, expanded per `use_op_pushforward`; an
-    un-lowered node off the tangents' path gets zero tangents.
+    Like PyTensor's, it asks every ordinary node on the tangents' path
+    between `inputs` and `outputs` for its ``pushforward``, in topological
+    order (iteratively, so deep graphs are fine).  Each region of un-lowered
+    nodes on the way is one `LazyPushforward` instead, expanded per
+    `use_op_pushforward`.  A variable off the path has no tangent
+    (disconnected).
     """
     outputs, inputs = list(outputs), list(inputs)
     consumers = populate_var_to_app_to_idx(outputs, inputs, None)
@@ -359,26 +361,17 @@ def _lazy_pushforward(
                 return disconnected_type()
         return disconnected_type()
 
-    done_regions = set()
-    for node in toposort(outputs, blockers=inputs):
-        region = region_of.get(node)
-        if region is not None:
-            if region not in done_regions:
-                done_regions.add(region)
-                tangent_of.update(
-                    zip(region.outputs, _region_pushforward(region, tangent, use_op_pushforward))
-                )
+    for node in _collapsed_toposort(outputs, inputs, consumers, region_of):
+        if isinstance(node, Region):
+            tangent_of.update(
+                zip(node.outputs, _region_pushforward(node, tangent, use_op_pushforward))
+            )
             continue
-        node_tangents = [tangent(inp) for inp in node.inputs]
-        if is_unlowered(node) and not is_conversion(node):
-            # Off the tangents' path (else it would be in a region): zero.
-            results = [gradient._float_zeros_like(out) for out in node.outputs]
-        else:
-            node_tangents = [
-                t if isinstance(t.type, DisconnectedType) else gradient._match_tangent_dtype(x, t)
-                for x, t in zip(node.inputs, node_tangents, strict=True)
-            ]
-            results = node.op.pushforward(node.inputs, node.outputs, node_tangents)
+        node_tangents = [
+            t if isinstance(t.type, DisconnectedType) else gradient._match_tangent_dtype(x, t)
+            for x, t in ((inp, tangent(inp)) for inp in node.inputs)
+        ]
+        results = node.op.pushforward(node.inputs, node.outputs, node_tangents)
         tangent_of.update(zip(node.outputs, results, strict=True))
 
     results = []
@@ -404,6 +397,35 @@ def _lazy_pushforward(
     return results
 
 
+def _collapsed_toposort(outputs, inputs, consumers, region_of) -> list:
+    """The nodes on the tangents' path, each region as one unit, in topological order.
+
+    A region comes after everything on the path that it reads: in a plain
+    topological order of the nodes, an ordinary node may read an output of
+    the region before another of its nodes runs, or feed the region after
+    its first node.  Regions are convex along the path (not off it: a
+    ``Shape`` of a region variable may feed the region), so only path
+    variables order the units; nodes off the path carry no tangent.
+    """
+    blockers = set(inputs)
+
+    def unit(node):
+        return region_of.get(node, node)
+
+    def deps(current):
+        return list(
+            dict.fromkeys(
+                unit(var.owner)
+                for var in current.inputs
+                if var in consumers and var not in blockers and var.owner is not None
+            )
+        )
+
+    path = {node for apps in consumers.values() for node in apps}
+    roots = dict.fromkeys(unit(out.owner) for out in outputs if out.owner in path)
+    return list(walk_toposort(roots, deps))
+
+
 def _region_pushforward(region: Region, tangent, use_op_pushforward: bool) -> list:
     """The tangents of `region`'s outputs: one `LazyPushforward`, or disconnected."""
     pattern = region.connection_pattern()
@@ -418,11 +440,26 @@ def _region_pushforward(region: Region, tangent, use_op_pushforward: bool) -> li
     op = LazyPushforward.from_graph(
         region.inputs, region.outputs, live, use_op_pushforward=use_op_pushforward
     )
-    results = op(*region.inputs, *(tangent(region.inputs[i]) for i in live), return_list=True)
+    tangents = [_broadcast_tangent(region.inputs[i], tangent(region.inputs[i])) for i in live]
+    results = op(*region.inputs, *tangents, return_list=True)
     return [
         t if is_connected else disconnected_type()
         for t, is_connected in zip(results, connected, strict=True)
     ]
+
+
+def _broadcast_tangent(var: Variable, tangent: Variable) -> Variable:
+    """`tangent`, broadcast to `var`'s shape if it has fewer dims.
+
+    An ordinary Op's pushforward may return a tangent that only broadcasts to
+    its output (PyTensor's ``ZeroGrad.pushforward`` returns a 0-d zero); the
+    lowered Ops that would read it broadcast it, a region's tangent must be
+    typed like its input.
+    """
+    if isinstance(var.type, TensorType) and isinstance(tangent.type, TensorType):
+        if tangent.type.ndim < var.type.ndim:
+            return broadcast_to(tangent, tuple(var.shape))
+    return tangent
 
 
 def family_pushforward(
@@ -464,8 +501,10 @@ def _pushforward_by_pullbacks(outputs, inputs, tangents, disconnected_outputs, r
 
     Like PyTensor's ``pushforward_through_pullback``, with seeds of each
     output's own kind (xtensor zeros for an xtensor output) and each output
-    through a view: pullback's cotangents are final (known_grads), so an
-    output that is an ancestor of another would lose the other's contribution.
+    through a view, and so is each input's cotangent in the second pullback:
+    pullback's cotangents are final (known_grads), so an output that is an
+    ancestor of another (or the same variable twice, as the cotangents of
+    ``x`` and ``y`` in ``x + y``) would lose the other's contribution.
     """
     seeds = [gradient._float_zeros_like(out) for out in outputs]
     input_cotangents = gradient.pullback(
@@ -476,7 +515,7 @@ def _pushforward_by_pullbacks(outputs, inputs, tangents, disconnected_outputs, r
         return_disconnected="zero",
     )
     return gradient.pullback(
-        input_cotangents,
+        [view_op(cotangent) for cotangent in input_cotangents],
         seeds,
         tangents,
         disconnected_inputs="ignore",

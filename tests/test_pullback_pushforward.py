@@ -14,7 +14,14 @@ import pytensor.xtensor.math as pxm
 import pytest
 
 from pytensor_lazy_pullback import LazyPushforward
-from helpers import assert_same_gradients, lazy_nodes, lower, random_values
+from pytensor_lazy_pullback.unlowered import LazyRegionOp
+from helpers import (
+    assert_same_gradients,
+    central_differences,
+    lazy_nodes,
+    lower,
+    random_values,
+)
 
 WEIGHTS = np.arange(9.0).reshape(3, 3) - 4.0
 
@@ -108,3 +115,89 @@ def test_pushforward_of_plain_graphs_is_pytensors_own():
     t = pt.vector("t", shape=(3,))
     got = gradient.pushforward((xt**2).sum(), xt, t).eval({xt: [1.0, 2.0, 3.0], t: [1.0, 0.5, 0.0]})
     np.testing.assert_allclose(got, 2 * 1.0 + 4 * 0.5)
+
+
+def _jvp_by_central_differences(fn, x0, t0):
+    """``J(x0) @ t0`` of a numpy function `fn` by central differences."""
+    jac = central_differences(fn, x0)
+    return np.tensordot(jac, t0, axes=t0.ndim)
+
+
+SEVERAL_PATHS = {
+    # wrt reaches the xtensor region directly and through ordinary tensor Ops.
+    "exp": lambda w, x: pxm.sin(x) + px.as_xtensor(pt.exp(w), dims=("a",)),
+    "slice": lambda w, x: pxm.sin(x) * px.as_xtensor(w[:1], dims=("k",)).sum("k"),
+    "sum": lambda w, x: pxm.cos(x) * px.as_xtensor(w.sum() ** 2, dims=()),
+    "new_dim": lambda w, x: (
+        pxm.sin(x) * px.as_xtensor(pt.outer(w, w), dims=("a", "b"))
+    ).sum("b"),
+    "two_regions": lambda w, x: pxm.exp(
+        px.as_xtensor(pt.tanh(pxm.sin(x).values) * w, dims=("a",))
+    ) * x,
+}
+
+
+@pytest.mark.parametrize("use_op_pushforward", [False, True])
+@pytest.mark.parametrize("labelled_wrt", [False, True])
+@pytest.mark.parametrize("family", SEVERAL_PATHS)
+def test_pushforward_where_wrt_reaches_a_region_by_several_paths(
+    family, labelled_wrt, use_op_pushforward
+):
+    """Every path from wrt contributes: the plain-tensor program and finite differences agree."""
+    t = pt.vector("t", shape=(3,))
+    kwargs = {"use_op_pushforward": use_op_pushforward}
+    if labelled_wrt:
+        x = px.xtensor("x", dims=("a",), shape=(3,))
+        y = SEVERAL_PATHS[family](x.values, x)
+        ours = gradient.pushforward(y, x, px.as_xtensor(t, dims=("a",)), **kwargs).values
+        inputs = [x, t]
+    else:
+        w = pt.vector("w", shape=(3,))
+        x = px.as_xtensor(w, dims=("a",))
+        y = SEVERAL_PATHS[family](w, x)
+        ours = gradient.pushforward(y.values, w, t, **kwargs)
+        inputs = [w, t]
+    assert lazy_nodes([ours], LazyRegionOp)
+    fn = pytensor.function(inputs[:1], lower(y).values, mode="FAST_COMPILE")
+    w0, t0 = np.array([0.3, -0.7, 1.1]), np.array([1.0, -2.0, 0.5])
+    got = pytensor.function(inputs, ours, mode="FAST_COMPILE")(w0, t0)
+    np.testing.assert_allclose(got, _jvp_by_central_differences(fn, w0, t0), rtol=1e-6)
+    if not labelled_wrt:
+        # The plain-tensor program: PyTensor's own pushforward of the lowered graph.
+        reference = gradient.pushforward(lower(y).values, w, t, **kwargs)
+        assert_same_gradients([ours], [reference], [w, t], [w0, t0])
+
+
+@pytest.mark.parametrize("use_op_pushforward", [False, True])
+@pytest.mark.parametrize("stop", [gradient.zero_grad, gradient.disconnected_grad])
+def test_pushforward_through_a_stopped_gradient_between_regions(stop, use_op_pushforward):
+    w = pt.vector("w", shape=(3,))
+    x = px.as_xtensor(w, dims=("a",))
+    between = px.as_xtensor(stop(pxm.sin(x).values), dims=("a",))
+    y = (pxm.exp(x) * between + pxm.cos(between)).values
+    t = pt.vector("t", shape=(3,))
+    ours = gradient.pushforward(y, w, t, use_op_pushforward=use_op_pushforward)
+    reference = gradient.pushforward(lower(y), w, t, use_op_pushforward=False)
+    values = [np.array([0.3, -0.7, 1.1]), np.array([1.0, -2.0, 0.5])]
+    assert_same_gradients([ours], [reference], [w, t], values)
+
+
+@pytest.mark.parametrize("use_op_pushforward", [False, True])
+def test_pushforward_of_an_output_that_does_not_depend_on_wrt(use_op_pushforward):
+    """PyTensor's return_disconnected: None, a DisconnectedType variable, or zeros."""
+    x = px.xtensor("x", dims=("a",), shape=(3,))
+    c = px.xtensor("c", dims=("a",), shape=(3,))
+    t = px.xtensor("t", dims=("a",), shape=(3,))
+    outputs = [pxm.sin(x) * 2, pxm.exp(c)]
+    kwargs = {"disconnected_outputs": "ignore", "use_op_pushforward": use_op_pushforward}
+    _, none = gradient.pushforward(outputs, x, t, return_disconnected="none", **kwargs)
+    assert none is None
+    _, disconnected = gradient.pushforward(
+        outputs, x, t, return_disconnected="disconnected", **kwargs
+    )
+    assert isinstance(disconnected.type, gradient.DisconnectedType)
+    _, zeros = gradient.pushforward(outputs, x, t, return_disconnected="zero", **kwargs)
+    assert zeros.type.dims == ("a",)
+    np.testing.assert_array_equal(zeros.eval({c: np.ones(3)}), np.zeros(3))
+    with pytest.raises(gradient.DisconnectedInputError):
+        gradient.pushforward(outputs, x, t, use_op_pushforward=use_op_pushforward)
