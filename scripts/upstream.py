@@ -573,6 +573,11 @@ def rewrite_test_imports(text: str, tree: ast.Module, helper: str, rel: str) -> 
             new = "\n".join(
                 f"from {mod} import {', '.join(names)}" for mod, names in by_module.items()
             )
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+            "pytensor_lazy_pullback."
+        ):
+            names = ", ".join(a.name for a in node.names)
+            new = f"from {rewrite_names(node.module)} import {names}"
         elif isinstance(node, ast.Import) and any(
             a.name.split(".")[0] == "pytensor_lazy_pullback" for a in node.names
         ):
