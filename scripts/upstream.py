@@ -33,7 +33,10 @@ import ast
 import difflib
 import importlib.metadata
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -757,6 +760,54 @@ def unified(rel: str, old: str | None, new: str) -> str:
     return header + "".join(body)
 
 
+RUFF_VERSION = "0.15.16"
+"""The ruff that PyTensor's ``.pre-commit-config.yaml`` pins: the patch is
+fixed, formatted and checked with it, with SRC's ``pyproject.toml`` settings."""
+
+
+def ruff() -> str:
+    """The path of ruff :data:`RUFF_VERSION` (installed with the ``test`` extra)."""
+    exe = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    if exe is None:
+        raise AnchorError(f"ruff: (tool): not found; pip install ruff=={RUFF_VERSION}")
+    version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.split()
+    if version[-1:] != [RUFF_VERSION]:
+        raise AnchorError(
+            f"ruff: (tool): version {' '.join(version)}, PyTensor's pre-commit pins {RUFF_VERSION}"
+        )
+    return exe
+
+
+def pre_commit(src: Path, files: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """`files` (path -> text) as PyTensor's pre-commit leaves them, and what it still finds.
+
+    The Python files are fixed (``ruff check --fix``) and formatted (``ruff
+    format``) with SRC's ``pyproject.toml``, in a scratch copy laid out like
+    SRC (so ``pytensor`` and ``tests`` sort as first-party imports).  The
+    problems ruff cannot fix are returned, one line each: the shared source
+    must be written so that there is none.
+    """
+    python = {rel: text for rel, text in files.items() if rel.endswith(".py")}
+    if not python:
+        return dict(files), []
+    exe = ruff()
+    with tempfile.TemporaryDirectory(prefix="upstream-ruff-") as tmp:
+        root = Path(tmp)
+        shutil.copy(src / "pyproject.toml", root / "pyproject.toml")
+        for rel, text in python.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text(text)
+        rels = sorted(python)
+        for command in (["check", "--fix", "--exit-zero", "--quiet"], ["format", "--quiet"]):
+            subprocess.run([exe, *command, *rels], cwd=root, check=True, capture_output=True)
+        report = subprocess.run(
+            [exe, "check", "--output-format", "concise", "--quiet", *rels],
+            cwd=root, capture_output=True, text=True,
+        )
+        problems = report.stdout.strip().splitlines() if report.returncode else []
+        return {**files, **{rel: (root / rel).read_text() for rel in rels}}, problems
+
+
 FORBIDDEN = [
     (re.compile(r"\bpytensor_lazy_pullback\b"), "a reference to the add-on"),
     (re.compile(r"\bsetattr\((pytensor|gradient|pt|Rename|XOp|XTensorType)\b"), "a setattr on PyTensor"),
@@ -793,10 +844,14 @@ def build_patch(src: Path) -> tuple[str, dict]:
         if (src / rel).exists():
             raise AnchorError(f"{rel}: (file): already exists in SRC")
 
+    cleaned, ruff_problems = pre_commit(
+        src, {**{sf.rel: sf.result() for sf in edited}, **new_files}
+    )
+    new_files = {rel: cleaned[rel] for rel in new_files}
     chunks = []
     changed_lines = 0
     for sf in sorted(edited, key=lambda s: s.rel):
-        new = sf.result()
+        new = cleaned[sf.rel]
         diff = unified(sf.rel, sf.text, new)
         chunks.append(diff)
         changed_lines += sum(
@@ -822,7 +877,7 @@ def build_patch(src: Path) -> tuple[str, dict]:
         "lines_added": len(added),
         "lines_changed_in_pytensor": changed_lines,
         "lines_added_to_pytensor_files": sum(
-            1 for sf in edited for line in unified(sf.rel, sf.text, sf.result()).splitlines()
+            1 for sf in edited for line in unified(sf.rel, sf.text, cleaned[sf.rel]).splitlines()
             if line.startswith("+") and not line.startswith("+++")
         ),
         "new_lines": {
@@ -833,6 +888,7 @@ def build_patch(src: Path) -> tuple[str, dict]:
             for kind, prefix in (("modules", "pytensor/"), ("tests", "tests/"), ("doc", "doc/"))
         },
     }
+    size["ruff_problems"] = ruff_problems
     size["lines_removed_from_pytensor_files"] = (
         size["lines_changed_in_pytensor"] - size["lines_added_to_pytensor_files"]
     )
@@ -886,6 +942,12 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(patch)
     print(f"wrote {out}: {describe(size)}")
+    if size["ruff_problems"]:
+        print(
+            f"ruff {RUFF_VERSION} (PyTensor's pre-commit) would reject the patch: "
+            + "\n  ".join(["", *size["ruff_problems"]])
+        )
+        return 4
     return 0
 
 

@@ -15,7 +15,7 @@ from helpers import check_family
 
 def spd(x, row, col, n):
     """``x @ x.T + n I`` on labelled dims: symmetric positive definite, well-conditioned."""
-    other = [d for d in x.type.dims if d != row][0]
+    other = next(d for d in x.type.dims if d != row)
     xt = x.rename({row: col})
     eye = px.as_xtensor(np.eye(n) * n, dims=(row, col))
     return px.dot(x, xt, dim=other) + eye

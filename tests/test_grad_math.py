@@ -37,11 +37,7 @@ DOMAIN = {
 
 
 def unary_names():
-    names = []
-    for name in dict.fromkeys(FLOAT_ELEMWISE_UNARY):
-        if hasattr(pxm, name):
-            names.append(name)
-    return names
+    return [name for name in dict.fromkeys(FLOAT_ELEMWISE_UNARY) if hasattr(pxm, name)]
 
 
 @pytest.mark.parametrize("name", unary_names())

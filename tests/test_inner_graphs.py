@@ -268,7 +268,7 @@ def test_registered_before_scan_and_ofg_rewrites():
 
 
 def test_transforms_stay_lazy():
-    x, wt, cost = dense_model()
+    _, wt, cost = dense_model()
     for transform in TRANSFORMS.values():
         out = transform(cost, wt)
         nodes = graph_nodes([out])

@@ -376,7 +376,7 @@ def assert_batches_no_more_than_reference(ours_nodes, ref_nodes):
 @pytest.mark.parametrize("mode", list(GRAPH_MODES))
 @pytest.mark.parametrize("family", list(TRANSFORM_FAMILIES))
 def test_vectorized_jacobian_compiles_to_no_more_nodes_than_reference(family, mode):
-    inputs, ours, reference, out = vectorized_jacobian(family)
+    inputs, ours, reference, _ = vectorized_jacobian(family)
     ours_fn = pytensor.function(inputs, ours, mode=GRAPH_MODES[mode])
     ref_fn = pytensor.function(inputs, reference, mode=GRAPH_MODES[mode])
     ours_nodes = all_nodes(ours_fn.maker.fgraph.outputs)
@@ -393,7 +393,7 @@ def test_vectorized_jacobian_compiles_to_no_more_nodes_than_reference(family, mo
 @pytest.mark.parametrize("family", list(TRANSFORM_FAMILIES))
 def test_vectorized_jacobian_batches_only_what_the_reference_batches(family):
     """Before any rewrite: no batched forward Op, no more ``Blockwise`` nodes than the reference."""
-    inputs, ours, reference, out = vectorized_jacobian(family)
+    _, ours, reference, _ = vectorized_jacobian(family)
     ours_nodes = applys_between(list(graph_inputs([ours])), [ours])
     ref_nodes = applys_between(list(graph_inputs([reference])), [reference])
     assert_batches_no_more_than_reference(ours_nodes, ref_nodes)

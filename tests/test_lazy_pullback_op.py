@@ -131,7 +131,7 @@ def test_two_regions_separated_by_a_tensor_op():
 
 @pytest.mark.parametrize("name", list(GRAPHS))
 def test_no_tensor_reduction_before_compilation(name):
-    inputs, wrt, cost = GRAPHS[name]()
+    _, wrt, cost = GRAPHS[name]()
     grads = pt.grad(cost, wrt)
     nodes = graph_nodes(grads)
     assert len(lazy_nodes(grads)) == 1
@@ -202,9 +202,6 @@ def test_no_lowering_rewrite_runs_inside_grad(monkeypatch):
 # 3. The compiled gradient is no larger than the reference's
 # ---------------------------------------------------------------------------
 
-COUNTS = {}
-
-
 @pytest.mark.parametrize("name", list(GRAPHS))
 def test_compiled_gradient_not_larger_than_reference(name):
     inputs, wrt, cost = GRAPHS[name]()
@@ -217,8 +214,6 @@ def test_compiled_gradient_not_larger_than_reference(name):
     ref_fn, ref_n = n_apply_nodes(inputs, [lowered, *refs])
     assert not xop_nodes(ref_fn.maker.fgraph.apply_nodes)
 
-    COUNTS[name] = (ours_n, ref_n)
-    print(f"\n[apply nodes] {name}: ours={ours_n} reference={ref_n}")
     assert ours_n <= ref_n
 
     values = random_values(inputs)
@@ -352,7 +347,6 @@ def test_identical_gradients_merge(name):
     # so the yardstick is one gradient requested twice.
     one_fn, one = n_apply_nodes(inputs, [cost, *first, *first])
     both_fn, both = n_apply_nodes(inputs, [cost, *first, *second])
-    print(f"\n[merge] {name}: one grad (outputs repeated)={one} two identical grads={both}")
     assert both == one
     assert sorted(str(n.op) for n in both_fn.maker.fgraph.apply_nodes) == sorted(
         str(n.op) for n in one_fn.maker.fgraph.apply_nodes

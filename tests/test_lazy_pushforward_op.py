@@ -109,7 +109,7 @@ def test_second_order_stays_lazy(second):
 
 
 def test_labelled_pushforward_expands_for_inspection():
-    xt, wt, h = model()
+    xt, wt, _ = model()
     x = px.as_xtensor(xt, dims=("a", "b"))
     w = px.as_xtensor(wt, dims=("b",))
     tt = pt.vector("tt", shape=(3,))

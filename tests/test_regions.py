@@ -79,7 +79,7 @@ def test_input_used_by_several_region_nodes():
 def test_region_output_also_consumed_inside_its_region():
     """``h`` is read inside its region (by ``sum``) and, as a region output, by a
     later region: the plain ``pt.grad(cost, x)`` of `interior_graph`."""
-    x, h, v, cost = interior_graph()
+    x, _, _, cost = interior_graph()
     ours = pt.grad(cost, [x])
     assert_lazy(ours)
     assert_same_gradients(ours, reference_grad(cost, [x]), [x], random_values([x]))

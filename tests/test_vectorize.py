@@ -260,7 +260,7 @@ def test_unbatched_cotangent_is_broadcast(flavour):
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
 def test_batched_cotangent_unbatched_input(flavour):
-    x, y, c, g = pullback_graph()
+    x, _, c, g = pullback_graph()
     # The batch dim is not first in the batched cotangent's own dims.
     cb = px.xtensor("cb", dims=("i", "b"), shape=(4, 2))
     [gb] = vectorize(flavour, [g], {c: cb})
