@@ -4,6 +4,8 @@
 Usage::
 
     python scripts/upstream.py SRC OUT     # SRC: an unpacked sdist or a git checkout
+    python scripts/upstream.py --series SRC OUTDIR   # the same, as a series of
+                                           # patches (scripts/upstream_series.py)
     python scripts/upstream.py             # SRC: the sdist of the installed pytensor
                                            # (downloaded and cached like
                                            # scripts/pytensor_suites.py does)
@@ -99,6 +101,7 @@ TESTS = {
     "test_pullback_pushforward.py": "test_lazy_pullback_pullback_pushforward.py",
     "test_regions.py": "test_lazy_pullback_regions.py",
     "test_vectorize.py": "test_lazy_pullback_vectorize.py",
+    "test_xtensor_methods.py": "test_lazy_pullback_xtensor_methods.py",
 }
 """Tests of this repository carried into the patch (``tests/NAME`` ->
 ``tests/xtensor/TARGET``)."""
@@ -154,13 +157,39 @@ class SourceFile:
             raise AnchorError(f"{rel}: (module): cannot be parsed ({err.msg})") from err
         return cls(rel, text, tree)
 
-    def replace(self, start: int, end: int, lines: list[str]) -> None:
-        """Replace lines ``[start, end)`` (0-based) by `lines`."""
-        self.edits.append((start, end, lines))
+    def replace(self, start: int, end: int, lines: list[str], label: str | None = None) -> None:
+        """Replace lines ``[start, end)`` (0-based) by `lines`.
 
-    def result(self) -> str:
+        `label` names the edit for the series (``scripts/upstream_series.py``);
+        by default, the qualified name of the function or class it is in.
+        """
+        self.edits.append((start, end, lines, label or self.label_at(start)))
+
+    def label_at(self, line: int) -> str:
+        """``rel:Class.method`` (or ``rel:function``, ``rel:Class``) holding 0-based `line`."""
+        names = []
+        body = self.tree.body
+        while True:
+            inside = [
+                n for n in body
+                if isinstance(n, ast.ClassDef | ast.FunctionDef)
+                and n.lineno - 1 <= line < n.end_lineno
+            ]
+            if not inside:
+                break
+            names.append(inside[0].name)
+            body = inside[0].body
+        return f"{self.rel}:{'.'.join(names) or '(module)'}"
+
+    @property
+    def labels(self) -> list[str]:
+        return [label for *_, label in self.edits]
+
+    def result(self, labels: set[str] | None = None) -> str:
+        """The file with its edits (those of `labels` only, if given)."""
         lines = self.text.splitlines(keepends=True)
-        for start, end, new in sorted(self.edits, key=lambda e: (e[0], e[1]), reverse=True):
+        edits = [e for e in self.edits if labels is None or e[3] in labels]
+        for start, end, new, _ in sorted(edits, key=lambda e: (e[0], e[1]), reverse=True):
             lines[start:end] = [line + "\n" if line else "\n" for line in new]
         return "".join(lines)
 
@@ -351,7 +380,12 @@ def add_delegating_method(
 
         return {helper}({params})
     """
-    sf.replace(node.end_lineno, node.end_lineno, ["", *indent(block, node.body[-1].col_offset)])
+    sf.replace(
+        node.end_lineno,
+        node.end_lineno,
+        ["", *indent(block, node.body[-1].col_offset)],
+        label=f"{sf.rel}:{cls}.{method}",
+    )
 
 
 def xtensor_edits(src: Path) -> list[SourceFile]:
@@ -815,8 +849,8 @@ FORBIDDEN = [
 ]
 
 
-def build_patch(src: Path) -> tuple[str, dict]:
-    """The patch text and its size: files, lines added, lines changed in PyTensor's files."""
+def build_tree(src: Path) -> tuple[list[SourceFile], dict[str, str]]:
+    """The edits of SRC's files and the new files (path -> text), before `pre_commit`."""
     if not (src / "pytensor" / "__init__.py").is_file() or not (src / "pytensor" / "gradient.py").is_file():
         raise AnchorError(f"{src}: (tree): not a PyTensor source tree (no pytensor/gradient.py)")
     for module in MODULES:
@@ -843,7 +877,12 @@ def build_patch(src: Path) -> tuple[str, dict]:
     for rel in new_files:
         if (src / rel).exists():
             raise AnchorError(f"{rel}: (file): already exists in SRC")
+    return edited, new_files
 
+
+def build_patch(src: Path) -> tuple[str, dict]:
+    """The patch text and its size: files, lines added, lines changed in PyTensor's files."""
+    edited, new_files = build_tree(src)
     cleaned, ruff_problems = pre_commit(
         src, {**{sf.rel: sf.result() for sf in edited}, **new_files}
     )
@@ -920,6 +959,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("src", nargs="?", type=Path, help="PyTensor source tree")
     parser.add_argument("out", nargs="?", type=Path, help="where to write the patch")
+    parser.add_argument(
+        "--series",
+        action="store_true",
+        help="write OUT as a folder of git am-able patches, one feature each "
+        "(scripts/upstream_series.py)",
+    )
     args = parser.parse_args(argv)
     if (args.src is None) != (args.out is None):
         parser.error("give both SRC and OUT, or neither")
@@ -934,6 +979,18 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     else:
         src, out = args.src, args.out
+    if args.series:
+        sys.modules.setdefault("upstream", sys.modules[__name__])  # one AnchorError
+        import upstream_series
+
+        if args.out is None:
+            out = out.parent / "series"
+        try:
+            upstream_series.write_series(src.resolve(), out)
+        except AnchorError as exc:
+            print(f"upstream: {exc}", file=sys.stderr)
+            return 1
+        return 0
     try:
         patch, size = build_patch(src.resolve())
     except AnchorError as exc:
