@@ -46,6 +46,7 @@ from pytensor_lazy_pullback.op import LazyPullback, LazyPushforward, lazy_zeros_
 from pytensor_lazy_pullback.unlowered import (
     LazyRegionOp,
     families,
+    family_of,
     is_conversion,
     is_unlowered,
     op_names,
@@ -706,7 +707,15 @@ def _zeros_like(var: Variable) -> Variable:
 
 
 def _like(out: Variable, value: Variable) -> Variable:
-    """Give `value` the dtype and type of the node output `out` it replaces."""
+    """Give `value` the dtype and type of the node output `out` it replaces.
+
+    A round trip through tensors that relabels a variable of an un-lowered
+    family is spelled as the family says (see
+    `~pytensor_lazy_pullback.unlowered.UnloweredFamily.relabel_round_trips`).
+    """
+    family = family_of(out.type)
+    if family is not None and family.relabel_round_trips is not None:
+        value = family.relabel_round_trips(value)
     if value.type.dtype != out.type.dtype:
         value = value.astype(out.type.dtype)
     return out.type.filter_variable(value)

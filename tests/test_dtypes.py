@@ -192,3 +192,20 @@ def test_discrete_input_gradient_has_the_references_dtype(op, data_dtype, dtype,
         values = [np.array([1, 0, 2]).astype(dtype), np.linspace(-1, 1, 6).reshape(2, 3)]
         values[1] = values[1].astype(data_dtype)
         assert_same_gradients(ours, refs, [n, data], values, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["FAST_COMPILE", "NUMBA"])
+@pytest.mark.parametrize("dtype", ["int64", "bool"])
+def test_renamed_count_cast_to_float_compiles_silently(dtype, mode, on_opt_error):
+    """The cotangent of ``n`` in ``cast(n.rename(a="a2"))`` is the cast's, relabelled:
+    once lowered, a round trip through a tensor from dims ("a2", "b") to ("a", "b"),
+    which PyTensor's ``useless_xtensor_from_tensor`` turned into the cotangent itself,
+    of the wrong dims (a logged rewrite failure, or a TypeError under "raise")."""
+    n = px.xtensor("n", dims=("a", "b"), shape=(2, 3), dtype=dtype)
+    c = n.rename(a="a2").astype("float64")
+    cost = (pxm.exp(c * 0.3) * c).sum().values
+    ours = pt.grad(cost, [c, n])
+    refs = reference_grad(cost, [c, n])
+    assert [g.type for g in ours] == [r.type for r in refs]
+    values = [np.array([[1, 0, 2], [1, 1, 0]]).astype(dtype)]
+    assert_same_gradients(ours, refs, [n], values, mode=mode)
