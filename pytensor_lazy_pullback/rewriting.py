@@ -680,7 +680,12 @@ def expand_lazy_pullbacks(
     lower
         Also lower every other un-lowered Op, so the result holds only ordinary
         Ops.  Without it, the forward pass of an expanded region is lowered
-        only where the graph computes it (as at compile time).
+        only where the graph computes it (as at compile time).  Either way no
+        lazy node is left: those an expansion builds (the pullback of a
+        pullback that a labelled pushforward is) are expanded too, and each
+        `Scan` or `OpFromGraph` whose inner graph holds one or another
+        un-lowered Op (``hessian``, ``jacobian(vectorize=False)``) is rebuilt
+        with that graph expanded and lowered, as compilation rebuilds it.
 
     Returns
     -------
@@ -696,9 +701,23 @@ def expand_lazy_pullbacks(
     if lower:
         lower_graph(fgraph)
     else:
-        _EXPAND_ALL.rewrite(fgraph)
+        _expand_all(fgraph)
     MergeOptimizer().rewrite(fgraph)
     return fgraph.outputs[0] if single else list(fgraph.outputs)
+
+
+def _expand_all(fgraph: FunctionGraph) -> None:
+    """Expand every lazy derivative of `fgraph`, inner graphs included, lowering nothing else.
+
+    An expansion may build new lazy nodes (a pushforward by the transpose
+    trick pulls back through the un-lowered conversions of its seeds), so
+    this repeats until none is left.
+    """
+    while True:
+        _EXPAND_ALL.rewrite(fgraph)
+        _EXPAND_INNER_GRAPHS.rewrite(fgraph)
+        if not any(isinstance(node.op, LazyRegionOp) for node in fgraph.apply_nodes):
+            return
 
 
 def _zeros_like(var: Variable) -> Variable:
