@@ -28,7 +28,6 @@ from pytensor.gradient import DisconnectedType, disconnected_type, grad_undefine
 from pytensor.graph.replace import _vectorize_node, vectorize_graph
 from pytensor.graph.traversal import ancestors, applys_between, walk_toposort
 from pytensor import config
-from pytensor.scalar import upcast
 from pytensor.tensor.basic import constant
 from pytensor.tensor.extra_ops import broadcast_to
 from pytensor.tensor.type import TensorType, continuous_dtypes, float_dtypes
@@ -87,40 +86,43 @@ class LazyPullback(LazyRegionOp):
     def make_node(self, *inputs: Variable) -> Apply:
         inner_inputs = self.fgraph.inputs
         region_inputs, cotangents = self._split_inputs(inputs, self.fgraph.outputs, "cotangent")
-        outputs = [self._cotangent_type(inner_inputs[i])() for i in self.wrt]
+        dtypes = self._cotangent_dtypes(tuple(cotangent.type for cotangent in cotangents))
+        outputs = [
+            inner_inputs[i].type.clone(dtype=dtype)()
+            for i, dtype in zip(self.wrt, dtypes, strict=True)
+        ]
         return Apply(self, [*region_inputs, *cotangents], outputs)
 
-    def _cotangent_type(self, var: Variable):
-        """The type of `var`'s cotangent: `var`'s, with a float dtype if `var` is discrete.
+    def _cotangent_dtypes(self, cotangent_types: tuple) -> list[str]:
+        """The dtype of the cotangent of each input at a position of `wrt`.
 
-        A cotangent is never an integer (PyTensor's gradient contract).  For a
-        discrete input the dtype is what the lowered chain rule gives, read off
-        the region's own types: each node reading the input (through
-        conversions) contributes its floating-point output's dtype, or
-        ``floatX`` (the zeros a node with a discrete output returns); the
-        terms add up (upcast).
+        A floating-point input's cotangent has its dtype.  A discrete
+        (integer or boolean) input's has the dtype the lowered chain rule
+        gives it, which depends on each lowered Op's pullback (a broadcast
+        integer gets ``floatX`` zeros from its ``DimShuffle``, an addition
+        passes on its output's dtype...): only for such an input is a private
+        copy of the region lowered and pulled back here, when the gradient is
+        built, and the result kept for the node's other instances.  Should
+        that fail, the expansion raises the error with the region named at
+        compile time, and the cotangent is typed ``floatX`` meanwhile.
         """
-        if var.type.dtype in continuous_dtypes:
-            return var.type
-        fgraph = self.fgraph
-        dtypes, stack, seen = [], [var], {var}
-        while stack:
-            current = stack.pop()
-            if current in fgraph.outputs:
-                dtypes.append(config.floatX)
-            for client, _ in fgraph.clients.get(current, ()):
-                # A frozen graph's nodes are FrozenApply, not Apply; an output
-                # marker has no outputs.
-                for out in getattr(client, "outputs", ()):
-                    if out.type.dtype in float_dtypes:
-                        dtypes.append(out.type.dtype)
-                    elif is_conversion(client):
-                        if out not in seen:
-                            seen.add(out)
-                            stack.append(out)
-                    else:
-                        dtypes.append(config.floatX)
-        return var.type.clone(dtype=upcast(*dtypes) if dtypes else config.floatX)
+        inner_inputs = self.fgraph.inputs
+        dtypes = [inner_inputs[i].type.dtype for i in self.wrt]
+        if all(dtype in continuous_dtypes for dtype in dtypes):
+            return dtypes
+        cache = self.__dict__.setdefault("_discrete_cotangent_dtypes", {})
+        if cotangent_types not in cache:
+            from pytensor_lazy_pullback.rewriting import lowered_cotangent_dtypes
+
+            try:
+                lowered = lowered_cotangent_dtypes(self, cotangent_types)
+            except Exception:
+                lowered = [config.floatX] * len(dtypes)
+            cache[cotangent_types] = [
+                dtype if dtype in continuous_dtypes else from_lowered
+                for dtype, from_lowered in zip(dtypes, lowered, strict=True)
+            ]
+        return cache[cotangent_types]
 
     def infer_shape(self, node, input_shapes):
         return [input_shapes[i] for i in self.wrt]

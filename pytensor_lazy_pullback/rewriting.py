@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from weakref import WeakKeyDictionary
 
+from pytensor import config
 from pytensor.compile import optdb
 from pytensor.compile.builders import FinalizedOpFromGraph, OpFromGraph
 from pytensor.compile.ops import view_op
@@ -45,6 +46,7 @@ from pytensor_lazy_pullback.op import LazyPullback, LazyPushforward, lazy_zeros_
 from pytensor_lazy_pullback.unlowered import (
     LazyRegionOp,
     families,
+    family_of,
     is_conversion,
     is_unlowered,
     op_names,
@@ -58,6 +60,7 @@ __all__ = [
     "expand_lazy_pullbacks",
     "graph_wide",
     "lower_graph",
+    "lowered_cotangent_dtypes",
 ]
 
 
@@ -145,9 +148,8 @@ def _lowered_pullback(
 ) -> tuple[list[Variable], dict[Variable, Variable]]:
     """The pullback of a `LazyPullback`'s lowered region, on the node's inputs.
 
-    A private copy of the region is lowered and differentiated with
-    :func:`pytensor.gradient.pullback` (in chunks if it is too deep for one
-    call, see :func:`deep_pullback`), then put onto the node's inputs.  If
+    A private copy of the region is lowered and differentiated (see
+    :func:`_pull_back_lowered_region`), then put onto the node's inputs.  If
     `fgraph` computes the region's forward pass (its un-lowered nodes, as the
     user built them), each forward output found there is also mapped to the
     lowered copy the pullback is built on: replacing it lowers that part of
@@ -155,28 +157,10 @@ def _lowered_pullback(
     """
     op: LazyPullback = node.op
     inner = op.fgraph.unfreeze()
-    n_out = len(inner.outputs)
     forward = _find_forward(fgraph, node, inner) if fgraph is not None else {}
-    for var in forward:
-        inner.add_output(var)  # tracked through the lowering
-    lower_graph(inner)
-    _merge_input_conversions(inner)
-    _inline_einsums(inner)
-    outputs, lowered = inner.outputs[:n_out], inner.outputs[n_out:]
-
     n_in = len(inner.inputs)
-    cotangents = node.inputs[n_in:]
-    fresh_cotangents = [cotangent.type() for cotangent in cotangents]
-    wrt = [inner.inputs[i] for i in op.wrt]
-    # Each output goes through its own view: `pullback` treats cotangents as
-    # final (known_grads), so an output that is also an ancestor of another
-    # output once lowered (or two outputs lowered to one variable) would
-    # otherwise lose what flows back into it from the other output.
-    grads = deep_pullback([view_op(out) for out in outputs], wrt, fresh_cotangents)
-    grads = [
-        _zeros_like(var) if isinstance(g.type, DisconnectedType) else g
-        for var, g in zip(wrt, grads, strict=True)
-    ]
+    fresh_cotangents = [cotangent.type() for cotangent in node.inputs[n_in:]]
+    grads, lowered = _pull_back_lowered_region(op, inner, fresh_cotangents, list(forward))
 
     equiv = _on_node_inputs(node, [*inner.inputs, *fresh_cotangents], [*grads, *lowered])
     new_grads = [
@@ -187,6 +171,58 @@ def _lowered_pullback(
         for outer, low in zip(forward.values(), lowered, strict=True)
     }
     return new_grads, replacements
+
+
+def _pull_back_lowered_region(
+    op: LazyPullback,
+    inner: FunctionGraph,
+    cotangents: Sequence[Variable],
+    tracked: Sequence[Variable] = (),
+) -> tuple[list[Variable], list[Variable]]:
+    """Lower `inner` (the unfrozen region of `op`) in place and pull `cotangents` back through it.
+
+    The pullback is :func:`pytensor.gradient.pullback` (in chunks if the
+    region is too deep for one call, see :func:`deep_pullback`) with respect
+    to the inputs at the positions ``op.wrt``, as the reference would take it
+    on the lowered graph.  Returns the cotangents of those inputs (zeros where
+    disconnected) and the lowered copies of the `tracked` variables of
+    `inner`.
+    """
+    n_out = len(inner.outputs)
+    for var in tracked:
+        inner.add_output(var)  # tracked through the lowering
+    lower_graph(inner)
+    _merge_input_conversions(inner)
+    _inline_einsums(inner)
+    outputs, lowered = inner.outputs[:n_out], inner.outputs[n_out:]
+    wrt = [inner.inputs[i] for i in op.wrt]
+    # Each output goes through its own view: `pullback` treats cotangents as
+    # final (known_grads), so an output that is also an ancestor of another
+    # output once lowered (or two outputs lowered to one variable) would
+    # otherwise lose what flows back into it from the other output.
+    grads = deep_pullback([view_op(out) for out in outputs], wrt, list(cotangents))
+    grads = [
+        _zeros_like(var) if isinstance(g.type, DisconnectedType) else g
+        for var, g in zip(wrt, grads, strict=True)
+    ]
+    return grads, list(lowered)
+
+
+def lowered_cotangent_dtypes(op: LazyPullback, cotangent_types: Sequence) -> list[str]:
+    """The dtypes of the cotangents the expansion of `op` builds, one per position of ``op.wrt``.
+
+    The cotangent of a discrete (integer or boolean) input gets whatever float
+    dtype the lowered Ops' pullbacks give it (a ``DimShuffle`` of an integer
+    gives ``floatX`` zeros, an ``Elemwise`` addition its output's dtype, ...),
+    which only the lowered region knows.  `cotangent_types` are the types of
+    the cotangents of the region's outputs.  A disconnected discrete input
+    gets ``floatX``.
+    """
+    inner = op.fgraph.unfreeze()
+    grads, _ = _pull_back_lowered_region(op, inner, [t() for t in cotangent_types])
+    return [
+        g.type.dtype if g.type.dtype in float_dtypes else config.floatX for g in grads
+    ]
 
 
 def _inline_einsums(fgraph: FunctionGraph) -> None:
@@ -644,7 +680,12 @@ def expand_lazy_pullbacks(
     lower
         Also lower every other un-lowered Op, so the result holds only ordinary
         Ops.  Without it, the forward pass of an expanded region is lowered
-        only where the graph computes it (as at compile time).
+        only where the graph computes it (as at compile time).  Either way no
+        lazy node is left: those an expansion builds (the pullback of a
+        pullback that a labelled pushforward is) are expanded too, and each
+        `Scan` or `OpFromGraph` whose inner graph holds one or another
+        un-lowered Op (``hessian``, ``jacobian(vectorize=False)``) is rebuilt
+        with that graph expanded and lowered, as compilation rebuilds it.
 
     Returns
     -------
@@ -660,9 +701,23 @@ def expand_lazy_pullbacks(
     if lower:
         lower_graph(fgraph)
     else:
-        _EXPAND_ALL.rewrite(fgraph)
+        _expand_all(fgraph)
     MergeOptimizer().rewrite(fgraph)
     return fgraph.outputs[0] if single else list(fgraph.outputs)
+
+
+def _expand_all(fgraph: FunctionGraph) -> None:
+    """Expand every lazy derivative of `fgraph`, inner graphs included, lowering nothing else.
+
+    An expansion may build new lazy nodes (a pushforward by the transpose
+    trick pulls back through the un-lowered conversions of its seeds), so
+    this repeats until none is left.
+    """
+    while True:
+        _EXPAND_ALL.rewrite(fgraph)
+        _EXPAND_INNER_GRAPHS.rewrite(fgraph)
+        if not any(isinstance(node.op, LazyRegionOp) for node in fgraph.apply_nodes):
+            return
 
 
 def _zeros_like(var: Variable) -> Variable:
@@ -671,7 +726,15 @@ def _zeros_like(var: Variable) -> Variable:
 
 
 def _like(out: Variable, value: Variable) -> Variable:
-    """Give `value` the dtype and type of the node output `out` it replaces."""
+    """Give `value` the dtype and type of the node output `out` it replaces.
+
+    A round trip through tensors that relabels a variable of an un-lowered
+    family is spelled as the family says (see
+    `~pytensor_lazy_pullback.unlowered.UnloweredFamily.relabel_round_trips`).
+    """
+    family = family_of(out.type)
+    if family is not None and family.relabel_round_trips is not None:
+        value = family.relabel_round_trips(value)
     if value.type.dtype != out.type.dtype:
         value = value.astype(out.type.dtype)
     return out.type.filter_variable(value)

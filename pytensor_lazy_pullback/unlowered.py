@@ -71,6 +71,12 @@ class UnloweredFamily:
         ``vectorize(outputs, replace)``: how ``vectorize_graph`` batches an
         expansion that holds the family's conversions, if
         :func:`pytensor.graph.replace.vectorize_graph` cannot.
+    relabel_round_trips
+        ``relabel_round_trips(var)``: `var`, a result of an expansion of the
+        family's type, with a round trip out of the family and back that
+        changes its type (as a lowered pullback makes of a cotangent that
+        only a relabelling carries to its input) spelled as the family's own
+        relabelling, which its rewrites know.
     """
 
     ops: tuple[type[Op], ...]
@@ -83,6 +89,7 @@ class UnloweredFamily:
     undefined_gradient: tuple[tuple[type[Op], str], ...] = ()
     structural_ops: tuple[type[Op], ...] = ()
     vectorize: Callable[[list[Variable], dict[Variable, Variable]], list[Variable]] | None = None
+    relabel_round_trips: Callable[[Variable], Variable] | None = None
 
 
 _families: list[UnloweredFamily] = []

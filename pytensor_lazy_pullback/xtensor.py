@@ -37,6 +37,7 @@ from pytensor_lazy_pullback.xtensor_transforms import vectorize_expansion
 __all__ = [
     "align_xtensor_cotangent",
     "lower_xtensor_graph",
+    "relabel_xtensor_round_trip",
     "rename_pullback",
     "xop_connection_pattern",
     "xtensor_in_same_class",
@@ -137,6 +138,28 @@ def conversion_pushforward(self, inputs, outputs, tangents):
     return [self(tangent)]
 
 
+def relabel_xtensor_round_trip(var: Variable) -> Variable:
+    """`var`, with ``XTensorFromTensor(TensorFromXTensor(x))`` that changes dims spelled ``Rename``.
+
+    The pullback of a lowered ``x.rename(...)`` is such a round trip from the
+    cotangent (dims of the renamed output) to the cotangent of ``x`` (dims of
+    ``x``), and so is the pushforward the other way.
+    ``useless_xtensor_from_tensor`` would replace it by ``x`` itself, of the
+    wrong dims (a `TypeError` in the rewrite); a ``Rename`` is what it
+    means, and ``lower_xtensor`` lowers it.
+    """
+    node = var.owner
+    if node is None or not isinstance(node.op, XTensorFromTensor):
+        return var
+    [tensor] = node.inputs
+    if tensor.owner is None or not isinstance(tensor.owner.op, TensorFromXTensor):
+        return var
+    [x] = tensor.owner.inputs
+    if x.type.dims == var.type.dims:
+        return var
+    return Rename(var.type.dims)(x)
+
+
 def xtensor_in_same_class(self: XTensorType, otype) -> bool:
     """Whether `otype` differs from `self` at most in non-broadcastable static lengths.
 
@@ -167,6 +190,7 @@ XTENSOR = UnloweredFamily(
     undefined_gradient=((XRV, "No gradient defined for random variables"),),
     structural_ops=(MakeSlice,),
     vectorize=vectorize_expansion,
+    relabel_round_trips=relabel_xtensor_round_trip,
 )
 """The xtensor Ops as an un-lowered family."""
 

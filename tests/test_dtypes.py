@@ -153,3 +153,59 @@ def test_zeros_like_does_not_depend_on_its_input():
         pt.grad(cost, rate)
     with pytest.raises(DisconnectedInputError):
         reference_grad(cost, [rate])
+
+
+def _discrete_read_by(op, data, n):
+    """`op` of float data (dims ("a", "b")) and a discrete `n` (dims ("b",)), broadcast."""
+    if op == "add":
+        return data + n
+    if op == "mul":
+        return data * n
+    if op == "where":
+        return pxm.where(n if n.type.dtype == "bool" else n > 0, data, n)
+    broadcast_data, broadcast_n = px.broadcast(data, n)
+    return broadcast_data * broadcast_n
+
+
+@pytest.mark.parametrize("floatX", ["float32", "float64"])
+@pytest.mark.parametrize("labelled", [True, False], ids=["labelled", "as_xtensor"])
+@pytest.mark.parametrize("dtype", ["bool", "int8", "int32", "int64"])
+@pytest.mark.parametrize("data_dtype", ["float32", "float64"])
+@pytest.mark.parametrize("op", ["add", "mul", "where", "broadcast"])
+def test_discrete_input_gradient_has_the_references_dtype(op, data_dtype, dtype, labelled, floatX):
+    """The gradient of a discrete input read by broadcasting float arithmetic has
+    the reference's dtype, which the lowered Ops' pullbacks decide (a broadcast
+    integer gets ``floatX`` zeros from its ``DimShuffle``, an addition its output's
+    dtype), under both ``floatX`` values."""
+    with pytensor.config.change_flags(floatX=floatX):
+        data = px.xtensor("data", dims=("a", "b"), shape=(2, 3), dtype=data_dtype)
+        if labelled:
+            n = px.xtensor("n", dims=("b",), shape=(3,), dtype=dtype)
+            n_x = n
+        else:
+            n = pt.tensor("n", shape=(3,), dtype=dtype)
+            n_x = px.as_xtensor(n, dims=("b",))
+        cost = pxm.exp(_discrete_read_by(op, data, n_x) * 0.1).sum().values
+        ours = pt.grad(cost, [n, data])
+        refs = reference_grad(cost, [n, data])
+        assert [g.type.dtype for g in ours] == [r.type.dtype for r in refs]
+        values = [np.array([1, 0, 2]).astype(dtype), np.linspace(-1, 1, 6).reshape(2, 3)]
+        values[1] = values[1].astype(data_dtype)
+        assert_same_gradients(ours, refs, [n, data], values, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["FAST_COMPILE", "NUMBA"])
+@pytest.mark.parametrize("dtype", ["int64", "bool"])
+def test_renamed_count_cast_to_float_compiles_silently(dtype, mode, on_opt_error):
+    """The cotangent of ``n`` in ``cast(n.rename(a="a2"))`` is the cast's, relabelled:
+    once lowered, a round trip through a tensor from dims ("a2", "b") to ("a", "b"),
+    which PyTensor's ``useless_xtensor_from_tensor`` turned into the cotangent itself,
+    of the wrong dims (a logged rewrite failure, or a TypeError under "raise")."""
+    n = px.xtensor("n", dims=("a", "b"), shape=(2, 3), dtype=dtype)
+    c = n.rename(a="a2").astype("float64")
+    cost = (pxm.exp(c * 0.3) * c).sum().values
+    ours = pt.grad(cost, [c, n])
+    refs = reference_grad(cost, [c, n])
+    assert [g.type for g in ours] == [r.type for r in refs]
+    values = [np.array([[1, 0, 2], [1, 1, 0]]).astype(dtype)]
+    assert_same_gradients(ours, refs, [n], values, mode=mode)

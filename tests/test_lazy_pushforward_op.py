@@ -16,7 +16,16 @@ import pytest
 from pytensor.graph.basic import equal_computations
 
 from pytensor_lazy_pullback import LazyPullback, LazyPushforward, expand_lazy_pullbacks
-from helpers import COUNT_MODE, MODE, assert_same_gradients, lazy_nodes, lower, n_nodes
+from helpers import (
+    COUNT_MODE,
+    MODE,
+    all_nodes,
+    assert_same_gradients,
+    lazy_nodes,
+    lower,
+    n_nodes,
+    reference_transform,
+)
 
 W = np.array([0.3, -0.7, 1.1])
 
@@ -127,3 +136,42 @@ def test_labelled_pushforward_expands_for_inspection():
     fd = (f(x_v, w_v + eps * t_v) - f(x_v, w_v - eps * t_v)) / (2 * eps)
     got = pytensor.function([xt, wt, tt], expanded.values, mode=MODE)(x_v, w_v, t_v)
     np.testing.assert_allclose(got, fd, rtol=1e-6, atol=1e-8)
+
+
+def _no_lazy_node(outputs):
+    return not [
+        node for node in all_nodes(outputs) if isinstance(node.op, LazyPullback | LazyPushforward)
+    ]
+
+
+@pytest.mark.parametrize("lower_too", [False, True], ids=["expanded", "lowered"])
+@pytest.mark.parametrize("with_grad", [False, True], ids=["jvp", "jvp_and_grad"])
+def test_expansion_of_a_labelled_jvp_leaves_no_lazy_node(with_grad, lower_too):
+    """The transpose trick of a labelled pushforward pulls back through its seeds'
+    un-lowered conversions: its expansion builds a `LazyPullback`, which
+    ``expand_lazy_pullbacks`` expands too; the values are d(sin(x) exp(x))."""
+    x = px.xtensor("x", dims=("a",), shape=(3,))
+    t = px.xtensor("t", dims=("a",), shape=(3,))
+    y = px.math.sin(x) * px.math.exp(x)
+    outputs = [gradient.pushforward(y, x, t)]
+    if with_grad:
+        outputs.append(pt.grad(y.sum().values, x))
+    expanded = expand_lazy_pullbacks(outputs, lower=lower_too)
+    assert _no_lazy_node(expanded)
+    x_v, t_v = np.array([0.3, -1.2, 2.0]), np.array([1.0, -0.5, 2.5])
+    got = pytensor.function([x, t], expanded, mode=MODE, on_unused_input="ignore")(x_v, t_v)
+    derivative = (np.cos(x_v) + np.sin(x_v)) * np.exp(x_v)
+    np.testing.assert_allclose(got[0], derivative * t_v, rtol=1e-12)
+    if with_grad:
+        np.testing.assert_allclose(got[1], derivative, rtol=1e-12)
+
+
+@pytest.mark.parametrize("lower_too", [False, True], ids=["expanded", "lowered"])
+def test_expansion_of_a_hessian_leaves_no_lazy_node_in_its_scan(lower_too):
+    """``hessian`` maps a lazy gradient over rows with a Scan, rebuilt expanded."""
+    xt, wt, h = model()
+    cost = (h**2).sum()
+    [expanded] = expand_lazy_pullbacks([pt.hessian(cost, wt)], lower=lower_too)
+    assert _no_lazy_node([expanded])
+    reference = reference_transform(lambda c: pt.hessian(c, wt), cost)
+    assert_same_gradients([expanded], [reference], [xt, wt], values()[:2], rtol=1e-6)
