@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import builtins
 import difflib
 import importlib.metadata
 import re
@@ -105,6 +106,10 @@ TESTS = {
 }
 """Tests of this repository carried into the patch (``tests/NAME`` ->
 ``tests/xtensor/TARGET``)."""
+
+APPENDED_TESTS = {"test_gradient_walk.py": "tests/test_gradient.py"}
+"""Tests of this repository appended to a test file of SRC (that of the module
+they test).  They may use only names that file imports."""
 
 LEFT_OUT_TESTS = {
     "test_pymc.py": "needs pymc",
@@ -668,6 +673,48 @@ def in_tree_test(name: str, helper: str) -> str:
     return text
 
 
+def appended_test_edits(src: Path) -> list[SourceFile]:
+    """:data:`APPENDED_TESTS`: each file's test functions at the end of SRC's test file."""
+    edits = []
+    for name, rel in APPENDED_TESTS.items():
+        sf = SourceFile.read(src, rel)
+        available = {
+            alias.asname or alias.name.split(".")[0]
+            for node in sf.tree.body if isinstance(node, ast.Import | ast.ImportFrom)
+            for alias in node.names
+        } | {
+            node.name for node in sf.tree.body
+            if isinstance(node, ast.FunctionDef | ast.ClassDef)
+        }
+        text = (REPO / "tests" / name).read_text()
+        tree = ast.parse(text)
+        lines = text.splitlines()
+        blocks = []
+        for node in tree.body:
+            if not (isinstance(node, ast.FunctionDef) and node.name.startswith("test_")):
+                continue
+            if node.name in available:
+                raise AnchorError(f"{rel}: {node.name}: already defined")
+            local = {a.arg for a in ast.walk(node) if isinstance(a, ast.arg)} | {
+                n.id for n in ast.walk(node)
+                if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+            }
+            missing = sorted(
+                n.id for n in ast.walk(node)
+                if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)
+                and n.id not in available | local and not hasattr(builtins, n.id)
+            )
+            if missing:
+                raise AnchorError(
+                    f"tests/{name}: {node.name}: uses {missing[0]}, which {rel} does not import"
+                )
+            blocks += ["", "", *lines[node.lineno - 1 : node.end_lineno]]
+        end = len(sf.text.splitlines())
+        sf.replace(end, end, blocks, label=f"{rel}:(module)")
+        edits.append(sf)
+    return edits
+
+
 def _after_imports(text: str, line: str) -> str:
     tree = ast.parse(text)
     last = max(
@@ -863,7 +910,13 @@ def build_tree(src: Path) -> tuple[list[SourceFile], dict[str, str]]:
         raise AnchorError(f"pytensor_lazy_pullback/{missing[0]}: (module): no in-tree home in MODULES")
 
     check_jacobian_reexport(src)
-    edited = [gradient_edits(src), *xtensor_edits(src), *import_edits(src), doc_index_edit(src)]
+    edited = [
+        gradient_edits(src),
+        *xtensor_edits(src),
+        *import_edits(src),
+        doc_index_edit(src),
+        *appended_test_edits(src),
+    ]
     new_files: dict[str, str] = {}
     for name, home in MODULES.items():
         if (src / home).exists():

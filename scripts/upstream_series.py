@@ -419,7 +419,11 @@ stand on their own.
 graph deeper than the recursion limit failed before any pullback was
 built.  The same walk with an explicit stack gives the same map.
 """,
-        (f"{GRADIENT}:_populate_var_to_app_to_idx", "op:populate_var_to_app_to_idx"),
+        (
+            f"{GRADIENT}:_populate_var_to_app_to_idx",
+            "op:populate_var_to_app_to_idx",
+            "tests/test_gradient.py:(module)",
+        ),
     ),
     Step(
         "lazy-pullback",
@@ -528,6 +532,7 @@ OpFromGraphs with their inner graphs expanded and lowered before
                 "for _rewriter in (expand_lazy_pullback, expand_inner_graphs):\n",
                 "for _rewriter in (expand_lazy_pullback,):\n",
             ),
+            ("rewriting", "        _EXPAND_INNER_GRAPHS.rewrite(fgraph)\n", ""),
         ),
     ),
     Step(
@@ -613,11 +618,11 @@ gathered so far as known gradients; the result is the same gradient.
         earlier=(
             (
                 "rewriting",
-                "    grads = deep_pullback([view_op(out) for out in outputs], wrt, fresh_cotangents)\n",
+                "    grads = deep_pullback([view_op(out) for out in outputs], wrt, list(cotangents))\n",
                 "    grads = pullback(\n"
                 "        [view_op(out) for out in outputs],\n"
                 "        wrt,\n"
-                "        fresh_cotangents,\n"
+                "        list(cotangents),\n"
                 '        disconnected_inputs="ignore",\n'
                 '        return_disconnected="disconnected",\n'
                 "    )\n",
