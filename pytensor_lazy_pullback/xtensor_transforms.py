@@ -1,9 +1,9 @@
-"""Jacobians and vectorization of lazy gradients of xtensor graphs.
+"""Vectorization of lazy gradients of xtensor graphs.
 
-Upstream home: ``pytensor/xtensor/gradient.py``, called at the start of
-``jacobian`` (``pytensor/gradient.py``), of ``vectorize_graph``
-(``pytensor/xtensor/vectorization.py``) and of
-``XTensorFromTensor.vectorize_node``; :func:`vectorize_expansion` is the
+Upstream home: ``pytensor/xtensor/vectorization_lazy.py`` (the lazy extension
+of ``vectorization.py``, as ``gradient_lazy.py`` is of ``gradient.py``),
+called at the start of ``vectorize_graph`` (``pytensor/xtensor/vectorization.py``)
+and of ``XTensorFromTensor.vectorize_node``; :func:`vectorize_expansion` is the
 xtensor family's vectorizer.
 """
 
@@ -12,15 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from itertools import count
 
-import pytensor
-import pytensor.gradient
-import pytensor.tensor as pt
 from pytensor.graph.basic import Variable
 from pytensor.graph.traversal import ancestors, toposort
 from pytensor.graph.replace import vectorize_graph as vectorize_tensor_graph
-from pytensor.tensor.extra_ops import broadcast_to
 from pytensor.tensor.type import TensorType
-from pytensor.xtensor.type import XTensorType, as_xtensor
+from pytensor.xtensor.type import XTensorType
 from pytensor.xtensor.vectorization import vectorize_graph as vectorize_xtensor_graph
 
 from pytensor_lazy_pullback.op import LazyPullback
@@ -28,129 +24,12 @@ from pytensor_lazy_pullback.rewriting import expand_lazy_pullback
 
 __all__ = [
     "expand_lazy_pullbacks_first",
-    "jacobian",
     "naming_new_dims",
     "new_dim_names",
     "vectorize_expansion",
-    "xtensor_jacobian",
 ]
 
 _UNNAMED_DIM = "__unnamed_batch_dim_{}__"
-
-
-def jacobian(
-    expression,
-    wrt,
-    consider_constant=None,
-    disconnected_inputs="raise",
-    vectorize=False,
-):
-    """The Jacobian of an xtensor `expression` (:func:`pytensor.gradient.jacobian`).
-
-    Parameters
-    ----------
-    expression : XTensorVariable
-        The XTensorVariable to differentiate, of any number of dims.
-    wrt : Variable or list or tuple of Variable
-        The variables to differentiate with respect to, XTensorVariables or tensors.
-    consider_constant, disconnected_inputs
-        As for :func:`pytensor.grad`.
-    vectorize : bool
-        Build all rows at once by batching one pullback over the rows of an
-        identity (``vectorize_graph``), instead of a ``Scan`` over rows.
-
-    Returns
-    -------
-    Variable or list or tuple of Variable
-        Shaped like `wrt`.  For an XTensorVariable ``w`` an `XTensorVariable` with dims
-        ``(*expression.dims, *w.dims)``; for a plain ``w`` a tensor of shape
-        ``(*expression.shape, *w.shape)``, the expression's axes in its dims'
-        order.  A 0-d `expression` gives its gradients.
-
-    Raises
-    ------
-    ValueError
-        If an XTensorVariable ``w`` shares a dim name with `expression`: the Jacobian
-        would have that dim twice.
-    """
-    wrt_list = list(wrt) if isinstance(wrt, list | tuple) else [wrt]
-    for w in wrt_list:
-        if _is_xtensor(w) and (shared := set(w.type.dims) & set(expression.type.dims)):
-            dim = sorted(shared)[0]
-            raise ValueError(
-                f"The Jacobian of {expression} (dims {expression.type.dims}) with respect "
-                f"to {w} (dims {w.type.dims}) would have the dims {sorted(shared)} twice. "
-                f"Rename them on one side first, e.g. "
-                f"expression.rename({{{dim!r}: {dim + '_out'!r}}})."
-            )
-    grad_kwargs = {
-        "consider_constant": consider_constant,
-        "disconnected_inputs": disconnected_inputs,
-    }
-    if expression.type.ndim == 0:
-        matrices = pytensor.gradient.grad(expression, wrt_list, **grad_kwargs)
-    else:
-        rows = (_rows_vectorized if vectorize else _rows_by_scan)(
-            expression, wrt_list, grad_kwargs
-        )
-        shape = tuple(expression.values.shape)
-        matrices = [
-            _xtensor_like(row.reshape((*shape, *tuple(row.shape)[1:])), expression, w)
-            for row, w in zip(rows, wrt_list, strict=True)
-        ]
-    return pytensor.gradient.as_list_or_tuple(
-        isinstance(wrt, list), isinstance(wrt, tuple), matrices
-    )
-
-
-def _rows_vectorized(expression, wrt, grad_kwargs) -> list[Variable]:
-    """The Jacobian's rows, flattened, from one pullback batched over an identity."""
-    cotangent = expression.type()
-    single = pytensor.gradient.pullback(expression, wrt, cotangent, **grad_kwargs)
-    single = [_values(g) for g in single]
-    row_dim = _fresh_dim({*expression.type.dims, *(d for w in wrt for d in _dims(w))})
-    n_rows = expression.values.size
-    identity = pt.eye(n_rows, dtype=cotangent.type.dtype).reshape(
-        (n_rows, *tuple(expression.values.shape))
-    )
-    batched = as_xtensor(identity, dims=(row_dim, *expression.type.dims))
-    rows = vectorize_xtensor_graph(
-        _expanded_below(single), {cotangent: batched}
-    )
-    # A row that does not depend on the cotangent (a disconnected input) is
-    # not batched: repeat it.
-    return [
-        row if row.type.ndim > g.type.ndim else broadcast_to(row, (n_rows, *tuple(row.shape)))
-        for row, g in zip(rows, single, strict=True)
-    ]
-
-
-def _rows_by_scan(expression, wrt, grad_kwargs) -> list[Variable]:
-    """The Jacobian's rows, flattened, one ``grad`` per row in a ``Scan``."""
-    flat = expression.values.ravel()
-
-    def row(index):
-        grads = pytensor.gradient.grad(flat[index], wrt, **grad_kwargs)
-        return [_values(g) for g in grads]
-
-    return pytensor.scan(
-        row,
-        sequences=pt.arange(flat.shape[0]),
-        return_updates=False,
-        return_list=True,
-    )
-
-
-def xtensor_jacobian(
-    expression, wrt, consider_constant=None, disconnected_inputs="raise", vectorize=False
-):
-    """:func:`jacobian` if `expression` is an XTensorVariable, else ``None``.
-
-    Called at the start of :func:`pytensor.gradient.jacobian`.
-    """
-    if _is_xtensor(expression):
-        return jacobian(expression, wrt, consider_constant, disconnected_inputs, vectorize)
-    return None
 
 
 def expand_lazy_pullbacks_first(
@@ -253,16 +132,6 @@ def _is_xtensor(var) -> bool:
 
 def _dims(var) -> tuple[str, ...]:
     return var.type.dims if _is_xtensor(var) else ()
-
-
-def _values(var: Variable) -> Variable:
-    return var.values if _is_xtensor(var) else var
-
-
-def _xtensor_like(matrix: Variable, expression: Variable, w: Variable) -> Variable:
-    if _is_xtensor(w):
-        return as_xtensor(matrix, dims=(*expression.type.dims, *w.type.dims))
-    return matrix
 
 
 def _fresh_dim(taken: set[str]) -> str:

@@ -88,6 +88,7 @@ def setup_form(form: str) -> None:
             raise SystemExit("compare_forms: --form addon on a patched PyTensor")
         import pytensor_lazy_pullback
         from pytensor_lazy_pullback import LazyPullbackExpansionError, expand_lazy_pullbacks
+        from pytensor_lazy_pullback import xtensor_gradient
 
         API["module"] = pytensor_lazy_pullback.__name__
     elif form == "patched":
@@ -101,12 +102,15 @@ def setup_form(form: str) -> None:
             LazyPullbackExpansionError,
             expand_lazy_pullbacks,
         )
+        from pytensor.xtensor import gradient as xtensor_gradient
 
         API["module"] = "pytensor.gradient_lazy"
     else:
         raise SystemExit(f"compare_forms: unknown form {form!r} (one of {', '.join(FORMS)})")
     API["expand_lazy_pullbacks"] = expand_lazy_pullbacks
     API["LazyPullbackExpansionError"] = LazyPullbackExpansionError
+    # The labelled grad/pullback/pushforward API (pytensor.xtensor.gradient in the tree).
+    API["xtensor_gradient"] = xtensor_gradient
 
 
 def modes() -> dict:
@@ -307,6 +311,44 @@ def probe_pullback_cotangent_by_name():
     result = gradient.pullback(y, x, g.transpose("b", "a"))
     vals = [np.linspace(0, 1, 9).reshape(3, 3), np.arange(9.0).reshape(3, 3) - 4]
     return Case([x, g], [result], vals)
+
+
+@probe
+def probe_xtensor_gradient_api():
+    """The xtensor gradient API: a 0-d labelled cost, an interior wrt, and
+    cotangents and tangents given in another dim order (matched by name)."""
+    import numpy as np
+    import pytensor.xtensor as px
+
+    api = API["xtensor_gradient"]
+    x = px.xtensor("x", dims=("a", "b"), shape=(3, 3))
+    h = px.math.exp(x * 0.5) * x
+    h.name = "h"
+    y = px.math.sin(h) * px.as_xtensor(np.arange(9.0).reshape(3, 3), dims=("a", "b"))
+    z = (h * x.transpose("b", "a")).sum("b")
+    c = px.xtensor("c", dims=("b", "a"), shape=(3, 3))
+    d = px.xtensor("d", dims=("a",), shape=(3,))
+    t = px.xtensor("t", dims=("b", "a"), shape=(3, 3))
+    grads = api.grad((y * z).sum(), [x, h])
+    [pulled] = api.pullback([y, z], [x], [c, d])
+    pushed = api.pushforward([y, z], x, t)
+    vals = [
+        np.linspace(-1, 1, 9).reshape(3, 3),
+        np.arange(9.0).reshape(3, 3) - 4,
+        np.linspace(0.5, 1.5, 3),
+        np.linspace(1, -1, 9).reshape(3, 3),
+    ]
+    return Case([x, c, d, t], [*grads, pulled, *pushed], vals)
+
+
+@probe
+def probe_error_xtensor_gradient_plain_cotangent():
+    """The xtensor gradient API refuses a plain cotangent for a labelled output."""
+    import pytensor.tensor as pt
+
+    x, y = _square_output()
+    g = pt.matrix("g", shape=(3, 3))
+    return Case([x, g], [API["xtensor_gradient"].pullback(y, x, g)], [])
 
 
 def _vectorize_cost(x):

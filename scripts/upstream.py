@@ -57,9 +57,11 @@ MODULES = {
     "op.py": "pytensor/gradient_lazy.py",
     "rewriting.py": "pytensor/tensor/rewriting/lazy_pullback.py",
     "xtensor.py": "pytensor/xtensor/rewriting/lazy_pullback.py",
-    # The xtensor jacobian and vectorize_graph of lazy pullbacks (its docstring
-    # names two homes; one module keeps them together).
-    "xtensor_transforms.py": "pytensor/xtensor/gradient.py",
+    # The labelled grad, pullback, pushforward and jacobian, where PyTensor's
+    # experimental xtensor gradient API lives.
+    "xtensor_gradient.py": "pytensor/xtensor/gradient.py",
+    # vectorize_graph of lazy pullbacks: the lazy extension of vectorization.py.
+    "xtensor_transforms.py": "pytensor/xtensor/vectorization_lazy.py",
 }
 """Package module -> its in-tree path.  ``integration.py`` is the add-on only."""
 
@@ -102,6 +104,7 @@ TESTS = {
     "test_pullback_pushforward.py": "test_lazy_pullback_pullback_pushforward.py",
     "test_regions.py": "test_lazy_pullback_regions.py",
     "test_vectorize.py": "test_lazy_pullback_vectorize.py",
+    "test_xtensor_gradient.py": "test_lazy_pullback_xtensor_gradient.py",
     "test_xtensor_methods.py": "test_lazy_pullback_xtensor_methods.py",
 }
 """Tests of this repository carried into the patch (``tests/NAME`` ->
@@ -315,7 +318,7 @@ GRADIENT_HOOKS = [
         from pytensor.gradient_lazy import has_family_variables
 
         if has_family_variables(expression):
-            from pytensor.xtensor.gradient import xtensor_jacobian
+            from pytensor.xtensor.gradient import jacobian as xtensor_jacobian
 
             return xtensor_jacobian(
                 expression, wrt, consider_constant, disconnected_inputs, vectorize
@@ -436,7 +439,7 @@ def xtensor_edits(src: Path) -> list[SourceFile]:
         func,
         """\
         if new_dim is None and new_x.type.ndim > node.inputs[0].type.ndim:
-            from pytensor.xtensor.gradient import new_dim_names
+            from pytensor.xtensor.vectorization_lazy import new_dim_names
 
             new_dims = new_dim_names(self, node, new_x)
             return [type(self)(dims=(*new_dims, *self.dims))(new_x)]
@@ -460,7 +463,7 @@ def xtensor_edits(src: Path) -> list[SourceFile]:
         vectorization,
         func,
         """\
-        from pytensor.xtensor.gradient import expand_lazy_pullbacks_first
+        from pytensor.xtensor.vectorization_lazy import expand_lazy_pullbacks_first
 
         outputs = expand_lazy_pullbacks_first(outputs, replace)
         """,

@@ -586,16 +586,22 @@ get a linear `pushforward`.
         ),
     ),
     Step(
-        "xtensor-jacobian-and-vectorize",
-        "Support jacobian and vectorize_graph of lazy xtensor derivatives",
+        "xtensor-gradient-api",
+        "Add pytensor.xtensor.gradient: labelled grad, pullback, pushforward and jacobian",
         """\
-`jacobian` of an xtensor expression returns an xtensor with the
-expression's dims followed by those of `wrt`, built from one batched
-pullback (or a Scan of them).  `vectorize_graph` batches a lazy pullback by
-expanding it first, so the batch dims of its conversions are known.
+`pytensor.xtensor.gradient` gives xtensor derivatives with labelled
+results: cotangents and tangents are matched to their variables by dim
+name, `wrt` and `consider_constant` may be intermediate variables, and
+nothing is lowered at call time (one lazy Op per region).  `jacobian` of an
+xtensor expression returns an xtensor with the expression's dims followed
+by those of `wrt`, built from one batched pullback (or a Scan of them).
+`vectorize_graph` batches a lazy pullback by expanding it first, so the
+batch dims of its conversions are known.
 """,
         (
+            "xtensor_gradient",
             "xtensor_transforms",
+            "test_xtensor_gradient.py",
             "op:_vectorize_lazy_region_op",
             f"{GRADIENT}:jacobian",
             f"{BASIC}:XTensorFromTensor.vectorize_node",
