@@ -133,7 +133,7 @@ EXCLUDED_TEST = re.compile(
 """A test function whose source matches is left out of the patch (it tests the
 add-on's switching, import checks or optional dependencies)."""
 
-DOC_PAGE = "doc/library/xtensor/lazy_pullback.md"
+DOC_PAGE = "doc/library/xtensor/gradient.md"
 DOC_INDEX = "doc/library/xtensor/index.md"
 
 
@@ -530,7 +530,7 @@ def doc_index_edit(src: Path) -> SourceFile:
         end = next(i for i in range(start + 1, len(lines)) if lines[i].strip() == ":::")
     except StopIteration:
         raise AnchorError(f"{rel}: toctree: no ':::{{toctree}}' ... ':::' block") from None
-    sf.replace(end, end, ["lazy_pullback"])
+    sf.replace(end, end, ["gradient"])
     return sf
 
 
@@ -770,59 +770,17 @@ def helper_module() -> str:
 # --------------------------------------------------------------------------- documentation
 
 
-DOC_REPLACEMENTS = [
-    ("The add-on then looks", "`pytensor.grad` then looks"),
-    ("`pytensor_lazy_pullback.expand_lazy_pullbacks(", "`pytensor.tensor.rewriting.lazy_pullback.expand_lazy_pullbacks("),
-    ("the add-on returns a zero gradient", "`pytensor.grad` returns a zero gradient"),
-    ("with the add-on, `pytensor.gradient.jacobian`", "`pytensor.gradient.jacobian`"),
-    ("(see the API page)", ""),
-    ("`pytensor.xtensor.vectorization.vectorize_graph` is rebound to expand lazy\n"
-     "  pullbacks first; code that imported it by name before the add-on gets the\n"
-     "  per-node expansion, which cannot name a dim introduced only by plain tensors.\n",
-     "`pytensor.xtensor.vectorization.vectorize_graph` expands lazy pullbacks first.\n"),
-    ("step; the add-on never modifies the user's graph.", "step; `pytensor.grad` never modifies the user's graph."),
-]
+DOC_SOURCE = REPO / "doc" / "upstream" / "gradient.md"
+"""The in-tree documentation page, written as it stands in PyTensor's tree."""
 
 
 def doc_page() -> str:
-    """One page from doc/index.md, how_it_works.md, migrating.md and differences.md."""
-    doc = REPO / "doc"
-
-    def sections(name: str, drop: tuple[str, ...] = ()) -> str:
-        text = (doc / name).read_text()
-        text = text.split("\n", 1)[1]  # its title
-        parts = re.split(r"(?m)^(?=## )", text)
-        kept = [p for p in parts if not p.startswith(tuple(f"## {d}" for d in drop))]
-        return "".join(kept).strip() + "\n"
-
-    index = (doc / "index.md").read_text()
-    intro = index.split("```{toctree}")[0].split("\n", 1)[1].strip()
-    problem = index.split("```", 3)[3] if index.count("```") >= 4 else ""
-    migrating = (doc / "migrating.md").read_text().split("\n", 1)[1]
-    migrating = re.sub(r"With the add-on imported:\n\n```python\nimport pytensor_lazy_pullback  # once\n\n",
-                       "Now:\n\n```python\n", migrating)
-    page = (
-        "(libdoc_xtensor_lazy_pullback)=\n"
-        "# Gradients of xtensor graphs: `LazyPullback`\n\n"
-        f"{intro}\n\n"
-        "`pytensor.grad` goes through un-lowered xtensor Ops lazily: each region of them on\n"
-        "the gradient's path becomes one `LazyPullback` node, expanded into the ordinary\n"
-        "tensor pullback by the `expand_lazy_pullback` rewrite, just before `lower_xtensor`,\n"
-        "when the gradient is compiled.\n\n"
-        + sections("how_it_works.md", drop=("Where the pieces live",))
-        + "\n## Migrating from `rewrite_graph(..., include=(\"lower_xtensor\",))`\n"
-        + migrating
-        + "\n## Known differences from lowering first\n"
-        + sections("differences.md")
-    )
-    del problem
-    for old, new in DOC_REPLACEMENTS:
-        page = page.replace(old, new)
-    page = rewrite_names(page)
-    for word in ("add-on", "import pytensor_lazy_pullback", "enable()", "disable()"):
+    """The page (:data:`DOC_SOURCE`): short, with ``automodule``; nothing of the add-on."""
+    page = DOC_SOURCE.read_text()
+    for word in ("add-on", "pytensor_lazy_pullback", "enable()", "disable()"):
         if word in page:
             line = next(line for line in page.splitlines() if word in line)
-            raise AnchorError(f"doc/: (page): {word!r} left in the in-tree page: {line.strip()}")
+            raise AnchorError(f"doc/upstream/gradient.md: (page): {word!r} in: {line.strip()}")
     return page
 
 

@@ -574,6 +574,13 @@ get a linear `pushforward`.
                 "        outputs, forward = _lowered_pullback(node, fgraph)\n",
             ),
             (
+                "doc",
+                "single\n  {class}`~pytensor.gradient_lazy.LazyPullback` node (a\n"
+                "  {class}`~pytensor.gradient_lazy.LazyPushforward` in forward mode), whose inputs\n",
+                "single\n  {class}`~pytensor.gradient_lazy.LazyPullback` node, whose inputs\n",
+            ),
+            ("doc", ".. autoclass:: pytensor.gradient_lazy.LazyPushforward\n\n", ""),
+            (
                 "rewriting",
                 "@node_rewriter([LazyPullback, LazyPushforward])\n",
                 "@node_rewriter([LazyPullback])\n",
@@ -609,7 +616,10 @@ batch dims of its conversions are known.
             "test_jacobian.py",
             "test_vectorize.py",
         ),
-        earlier=(("xtensor", "    vectorize=vectorize_expansion,\n", ""),),
+        earlier=(
+            ("xtensor", "    vectorize=vectorize_expansion,\n", ""),
+            ("doc", ".. automodule:: pytensor.xtensor.gradient\n   :members:\n\n", ""),
+        ),
     ),
     Step(
         "deep-pullback",
