@@ -27,6 +27,7 @@ from pytensor.xtensor.basic import XOp
 from pytensor.xtensor.type import XTensorType
 
 from pytensor_lazy_pullback import LazyPullback, integration_disabled
+from pytensor_lazy_pullback.unlowered import LazyRegionOp
 
 MODE = "FAST_COMPILE"
 """Mode of most value checks: cheapest to compile; other backends are covered
@@ -261,6 +262,26 @@ def n_nodes(fgraph):
         if isinstance(node.op, Scan | OpFromGraph):
             total += n_nodes(node.op.fgraph)
     return total
+
+
+def assert_fully_lowered(fn):
+    """No XOp and no lazy derivative is left in the compiled `fn`, inner graphs included."""
+    nodes = all_nodes(fn.maker.fgraph.outputs)
+    assert not [n for n in nodes if isinstance(n.op, XOp | LazyRegionOp)], fn.maker.fgraph
+
+
+def check_compiled_graph(fn, ref_fn):
+    """The compiled `fn` is fully lowered and no larger than the reference's `ref_fn`.
+
+    Apply nodes are counted inside Scan and OpFromGraph too.  (In the in-tree
+    form, only the structure is checked: node counts of another pipeline change
+    with unrelated rewrites.)
+    """
+    assert_fully_lowered(fn)
+    assert n_nodes(fn.maker.fgraph) <= n_nodes(ref_fn.maker.fgraph), (
+        n_nodes(fn.maker.fgraph),
+        n_nodes(ref_fn.maker.fgraph),
+    )
 
 
 def xop_nodes(fgraph_nodes):
