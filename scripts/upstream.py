@@ -78,6 +78,21 @@ PUBLIC_NAMES = {
 }
 """Names exported by the package's ``__init__``, by defining module."""
 
+METHODS = {
+    "rename_pullback": ("pytensor/xtensor/basic.py", "Rename", "pullback"),
+    "xop_connection_pattern": ("pytensor/xtensor/basic.py", "XOp", "connection_pattern"),
+    "conversion_pushforward": ("pytensor/xtensor/basic.py", "XTypeCastOp", "pushforward"),
+    "xtensor_in_same_class": ("pytensor/xtensor/type.py", "XTensorType", "in_same_class"),
+}
+"""Functions of ``xtensor.py`` that the add-on binds as methods (``integration.py``),
+by the file, class and name of the method they are in the tree."""
+
+FUNCTIONS = {"align_xtensor_cotangent": "pytensor/xtensor/basic.py"}
+"""Functions of ``xtensor.py`` that live, in the tree, in a module of SRC (at its
+end), because the methods above use them."""
+
+METHODS_MODULE = "xtensor.py"
+
 TEST_DIR = "tests/xtensor"
 HELPER = "lazy_pullback_helpers"
 TESTS = {
@@ -396,38 +411,102 @@ def add_delegating_method(
     )
 
 
+def top_level_names(tree: ast.Module) -> set[str]:
+    """Names a module defines or imports at its top level."""
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            names |= {a.asname or a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.FunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+    return names
+
+
+def method_lines(function: str, method: str, target: SourceFile) -> list[str]:
+    """The function `function` of :data:`METHODS_MODULE`, written as the method `method`.
+
+    Names the target file does not have are imported at the start of the body
+    (from where the module imports them, or from the module's in-tree home).
+    """
+    text = rewrite_names((PACKAGE / METHODS_MODULE).read_text())
+    tree = ast.parse(text)
+    lines = text.splitlines()
+    [func] = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == function]
+    home = dotted(MODULES[METHODS_MODULE])
+    origin = {}
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom):
+            origin |= {a.asname or a.name: (node.module, a.name) for a in node.names}
+        elif isinstance(node, ast.FunctionDef | ast.ClassDef):
+            origin[node.name] = (home, node.name)
+    stored = {a.arg for a in ast.walk(func) if isinstance(a, ast.arg)} | {
+        n.id for n in ast.walk(func) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+    }
+    moved_here = {name for name, rel in FUNCTIONS.items() if rel == target.rel}
+    available = top_level_names(target.tree) | stored | moved_here
+    needed: dict[str, list[str]] = {}
+    for name in sorted({
+        n.id for n in ast.walk(func) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)
+    }):
+        if name in available or hasattr(builtins, name):
+            continue
+        if name not in origin:
+            raise AnchorError(f"pytensor_lazy_pullback/{METHODS_MODULE}: {function}: {name}?")
+        module, original = origin[name]
+        needed.setdefault(module, []).append(original)
+    source = lines[func.lineno - 1 : func.end_lineno]
+    source[0] = re.sub(rf"def {function}\((self)(: [\w.]+)?", rf"def {method}(\1", source[0])
+    source[0] = source[0].replace("-> list[list[bool]]", "").replace(" -> bool", "")
+    body = "\n".join(source)
+    body = re.sub(r"\s*Upstream home: .*?``\.", "", body, flags=re.S)
+    lines = body.splitlines()
+    [new_func] = ast.parse(textwrap.dedent(body)).body
+    first = new_func.body[0]
+    doc_end = first.end_lineno if ast.get_docstring(new_func) else first.lineno - 1
+    imports = [f"    from {m} import {', '.join(names)}" for m, names in needed.items()]
+    return [*lines[:doc_end], *([*imports, ""] if imports else []), *lines[doc_end:]]
+
+
+def add_method(sf: SourceFile, cls: str, method: str, function: str) -> None:
+    """Write `function` of :data:`METHODS_MODULE` into class `cls` as `method`.
+
+    It replaces the class's own `method`, if it has one.
+    """
+    node = find_class(sf, cls)
+    col = node.body[-1].col_offset
+    new = indent("\n".join(method_lines(function, method, sf)), col)
+    existing = [n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == method]
+    if existing:
+        [old] = existing
+        start = min([old.lineno, *(d.lineno for d in old.decorator_list)]) - 1
+        sf.replace(start, old.end_lineno, new)
+    else:
+        sf.replace(node.end_lineno, node.end_lineno, ["", *new], label=f"{sf.rel}:{cls}.{method}")
+
+
+def method_edits(src: Path) -> dict[str, SourceFile]:
+    """:data:`METHODS`, each written into its class, and :data:`FUNCTIONS`; by file."""
+    files: dict[str, SourceFile] = {}
+    for function, (rel, cls, method) in METHODS.items():
+        sf = files.setdefault(rel, SourceFile.read(src, rel))
+        add_method(sf, cls, method, function)
+    for function, rel in FUNCTIONS.items():
+        sf = files.setdefault(rel, SourceFile.read(src, rel))
+        if function in top_level_names(sf.tree):
+            raise AnchorError(f"{rel}: {function}: already defined")
+        end = len(sf.text.splitlines())
+        new = method_lines(function, function, sf)
+        sf.replace(end, end, ["", "", *new], label=f"{rel}:{function}")
+    return files
+
+
 def xtensor_edits(src: Path) -> list[SourceFile]:
     """``Rename.pullback``, ``XOp.connection_pattern``, ``XTensorType.in_same_class``
     and the xtensor ``vectorize_graph``."""
-    xmod = "pytensor.xtensor.rewriting.lazy_pullback"
-    basic = SourceFile.read(src, "pytensor/xtensor/basic.py")
-
-    # Rename.pullback: its body replaced (3.3's renames a dim called "dims").
-    func = find_function(basic, "pullback", cls="Rename")
-    check_parameters(basic, func, "Rename.pullback", ["self", "inputs", "outs", "g_outs"])
-    start, col = body_start(func)
-    basic.replace(
-        start,
-        func.end_lineno,
-        indent(
-            f"""\
-            from {xmod} import rename_pullback
-
-            # The cotangent is aligned to the renamed output's dims by name first.
-            return rename_pullback(self, inputs, outs, g_outs)
-            """,
-            col,
-        ),
-    )
-
-    add_delegating_method(
-        basic, "XOp", "connection_pattern", "self, node", xmod, "xop_connection_pattern"
-    )
-    # Conversions are linear.
-    add_delegating_method(
-        basic, "XTypeCastOp", "pushforward", "self, inputs, outputs, tangents", xmod,
-        "conversion_pushforward",
-    )
+    methods = method_edits(src)
+    basic = methods["pytensor/xtensor/basic.py"]
 
     # XTensorFromTensor.vectorize_node: names the new dims it is not told.
     func = find_function(basic, "vectorize_node", cls="XTensorFromTensor")
@@ -446,13 +525,7 @@ def xtensor_edits(src: Path) -> list[SourceFile]:
         """,
     )
 
-    types = SourceFile.read(src, "pytensor/xtensor/type.py")
-    xtype = find_class(types, "XTensorType")
-    if not any(isinstance(n, ast.FunctionDef) and n.name == "in_same_class" for n in xtype.body):
-        # (The add-on, too, leaves a PyTensor that defines it alone.)
-        add_delegating_method(
-            types, "XTensorType", "in_same_class", "self, otype", xmod, "xtensor_in_same_class"
-        )
+    types = methods["pytensor/xtensor/type.py"]
 
     vectorization = SourceFile.read(src, "pytensor/xtensor/vectorization.py")
     func = find_function(vectorization, "vectorize_graph")
@@ -575,6 +648,103 @@ def in_tree_module(name: str) -> str:
     # Elsewhere (helpers called from a PyTensor method): say who calls them.
     text = text.replace("Upstream home:", "Called from")
     return rewrite_names(text)
+
+
+# --------------------------------------------------------------------------- modules as definitions
+
+
+def statement_key(node: ast.stmt, lines: list[str]) -> str | None:
+    """The name a top-level statement is owned by; ``None`` for docstrings and imports."""
+    if isinstance(node, ast.Import | ast.ImportFrom):
+        return None
+    if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+        return None  # a docstring (of the module, or of the assignment above it)
+    if isinstance(node, ast.FunctionDef | ast.ClassDef):
+        return node.name
+    if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+        return node.targets[0].id
+    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+        return node.target.id
+    return lines[node.lineno - 1].strip()
+
+
+def node_start(node: ast.stmt, lines: list[str]) -> int:
+    """0-based first line of `node`, with its decorators and the comment lines right above."""
+    start = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))]) - 1
+    while start > 0 and lines[start - 1].lstrip().startswith("#"):
+        start -= 1
+    return start
+
+
+def definitions(text: str) -> list[str]:
+    """The owned names of a module: top-level keys and ``Class.method``."""
+    tree = ast.parse(text)
+    lines = text.splitlines()
+    names = []
+    for node in tree.body:
+        key = statement_key(node, lines)
+        if key is None or key == "__all__":
+            continue
+        names.append(key)
+        if isinstance(node, ast.ClassDef):
+            names += [
+                f"{node.name}.{m.name}" for m in node.body if isinstance(m, ast.FunctionDef)
+            ]
+    return names
+
+
+def restrict(text: str, keep) -> str | None:
+    """`text` with only the definitions `keep(key)` accepts; ``None`` if none is left.
+
+    A dropped statement takes with it its decorators, the comments right above
+    it, the docstring right after it and the blank lines that follow.  A class
+    keeps the methods `keep` accepts.  ``__all__`` lists what is left.
+    """
+    tree = ast.parse(text)
+    lines = text.splitlines(keepends=True)
+    drops: list[tuple[int, int]] = []
+    kept = False
+    body = tree.body
+
+    def drop(first: ast.stmt, last: ast.stmt) -> None:
+        end = last.end_lineno
+        while end < len(lines) and not lines[end].strip():
+            end += 1
+        drops.append((node_start(first, lines), end))
+
+    for i, node in enumerate(body):
+        key = statement_key(node, lines)
+        if key is None or key == "__all__":
+            continue
+        after = body[i + 1] if i + 1 < len(body) else None
+        last = node
+        if (
+            isinstance(node, ast.Assign | ast.AnnAssign)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+        ):
+            last = after  # the attribute docstring
+        if not keep(key):
+            drop(node, last)
+            continue
+        kept = True
+        if isinstance(node, ast.ClassDef):
+            for method in node.body:
+                if isinstance(method, ast.FunctionDef) and not keep(f"{node.name}.{method.name}"):
+                    drop(method, method)
+    if not kept:
+        return None
+    edits = [(start, end, []) for start, end in drops]
+    names = {k for k in definitions(text) if keep(k)}
+    for node in body:
+        if statement_key(node, lines) == "__all__" and isinstance(node.value, ast.List):
+            listed = [e.value for e in node.value.elts]
+            if not all(name in names for name in listed):
+                new = ", ".join(f'"{n}"' for n in listed if n in names)
+                edits.append((node.lineno - 1, node.end_lineno, [f"__all__ = [{new}]\n"]))
+    for start, end, new in sorted(edits, reverse=True):
+        lines[start:end] = new
+    return "".join(lines)
 
 
 # --------------------------------------------------------------------------- tests
@@ -728,9 +898,31 @@ def _after_imports(text: str, line: str) -> str:
     return "".join(lines)
 
 
+IN_TREE_HELPERS = {
+    "check_compiled_graph": (
+        "def check_compiled_graph(fn, ref_fn):\n"
+        '    """The compiled `fn` holds no XOp and no lazy derivative, inner graphs included."""\n'
+        "    assert_fully_lowered(fn)\n"
+    ),
+}
+"""Helpers of tests/helpers.py whose in-tree form differs: PyTensor's tests
+assert structure, not node counts against another pipeline (which change with
+unrelated rewrites)."""
+
+
 def helper_module() -> str:
     """tests/helpers.py and tests/conftest.py's fixtures, as one helper module."""
     reference = (REPO / "tests" / "helpers.py").read_text()
+    tree = ast.parse(reference)
+    lines = reference.splitlines(keepends=True)
+    replaced = 0
+    for node in reversed(tree.body):
+        if isinstance(node, ast.FunctionDef) and node.name in IN_TREE_HELPERS:
+            lines[node.lineno - 1 : node.end_lineno] = [IN_TREE_HELPERS[node.name]]
+            replaced += 1
+    if replaced != len(IN_TREE_HELPERS):
+        raise AnchorError("tests/helpers.py: IN_TREE_HELPERS: a helper is missing")
+    reference = "".join(lines)
     tree = ast.parse(reference)
     reference = rewrite_test_imports(reference, tree, HELPER, "helpers.py")
     conftest = (REPO / "tests" / "conftest.py").read_text()
@@ -883,6 +1075,13 @@ def build_tree(src: Path) -> tuple[list[SourceFile], dict[str, str]]:
         if (src / home).exists():
             raise AnchorError(f"{home}: (module): already exists in SRC")
         new_files[home] = in_tree_module(name)
+        if name == METHODS_MODULE:
+            text = restrict(new_files[home], lambda key: key not in {**METHODS, **FUNCTIONS})
+            # What moved to SRC's modules, imported from there (ruff sorts it).
+            imports = "".join(
+                f"from {dotted(rel)} import {function}\n" for function, rel in FUNCTIONS.items()
+            )
+            new_files[home] = text.replace("\n\nfrom ", f"\n\n{imports}from ", 1)
     helper = helper_import_prefix(src)
     for name, target in TESTS.items():
         new_files[f"{TEST_DIR}/{target}"] = in_tree_test(name, helper)
