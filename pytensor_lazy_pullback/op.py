@@ -190,6 +190,14 @@ def _float_dtype(var: Variable) -> str:
     return var.type.dtype if var.type.dtype in float_dtypes else config.floatX
 
 
+def _zero_tangent(var: Variable) -> Variable:
+    """A zero tangent for `var`, disconnected if it has no zeros (a non-tensor)."""
+    try:
+        return gradient._float_zeros_like(var)
+    except Exception:
+        return disconnected_type()
+
+
 def _is_zero_or_null(cotangent: Variable) -> bool:
     """Whether a cotangent is disconnected or undefined: nothing to pull back."""
     return isinstance(cotangent.type, DisconnectedType | NullType)
@@ -344,37 +352,48 @@ def _lazy_pushforward(
     between `inputs` and `outputs` for its ``pushforward``, in topological
     order (iteratively, so deep graphs are fine).  Each region of un-lowered
     nodes on the way is one `LazyPushforward` instead, expanded per
-    `use_op_pushforward`.  A variable off the path has no tangent
-    (disconnected).
+    `use_op_pushforward`.  An output off the path is disconnected; an
+    input of a node on the path that is off the path has a zero tangent; a
+    variable of `inputs` has its given tangent, even if computed from another.
     """
     outputs, inputs = list(outputs), list(inputs)
     consumers = populate_var_to_app_to_idx(outputs, inputs, None)
     regions = find_regions(consumers, cuts=set(inputs), known=set(outputs))
     region_of = {node: region for region in regions for node in region.nodes}
-    tangent_of: dict = dict(zip(inputs, tangents, strict=True))
+    given = dict(zip(inputs, tangents, strict=True))
+    tangent_of: dict = dict(given)
 
     def tangent(var):
+        """The tangent of `var`: disconnected if it is off the tangents' path."""
         if var in tangent_of:
             return tangent_of[var]
         if var.owner is None:  # a leaf that is not differentiated: zero
-            try:
-                return gradient._float_zeros_like(var)
-            except Exception:
-                return disconnected_type()
+            return _zero_tangent(var)
         return disconnected_type()
+
+    def input_tangent(var):
+        """The tangent a node on the path reads for its input `var`.
+
+        Zero for an input off the path, as PyTensor's walk finds it (it
+        pushes zeros up from the leaves): an Op may treat a disconnected
+        tangent of one input as "no tangent at all" (``Join`` does).
+        """
+        if var in tangent_of or var.owner is None:
+            return tangent(var)
+        return _zero_tangent(var)
 
     for node in _collapsed_toposort(outputs, inputs, consumers, region_of):
         if isinstance(node, Region):
-            tangent_of.update(
-                zip(node.outputs, _region_pushforward(node, tangent, use_op_pushforward))
-            )
-            continue
-        node_tangents = [
-            t if isinstance(t.type, DisconnectedType) else gradient._match_tangent_dtype(x, t)
-            for x, t in ((inp, tangent(inp)) for inp in node.inputs)
-        ]
-        results = node.op.pushforward(node.inputs, node.outputs, node_tangents)
-        tangent_of.update(zip(node.outputs, results, strict=True))
+            results = _region_pushforward(node, tangent, use_op_pushforward)
+        else:
+            node_tangents = [
+                t if isinstance(t.type, DisconnectedType) else gradient._match_tangent_dtype(x, t)
+                for x, t in ((inp, input_tangent(inp)) for inp in node.inputs)
+            ]
+            results = node.op.pushforward(node.inputs, node.outputs, node_tangents)
+        for out, result in zip(node.outputs, results, strict=True):
+            if out not in given:  # a wrt variable keeps its own tangent
+                tangent_of[out] = result
 
     results = []
     for out in outputs:

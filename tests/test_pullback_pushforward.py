@@ -131,6 +131,11 @@ SEVERAL_PATHS = {
     "new_dim": lambda w, x: (
         pxm.sin(x) * px.as_xtensor(pt.outer(w, w), dims=("a", "b"))
     ).sum("b"),
+    # The region also reads a variable off the tangents' path: its tangent is
+    # zero, not disconnected (a lowered Join would drop every tangent).
+    "concat_off_path": lambda w, x: px.concat(
+        [x, pxm.sin(px.as_xtensor(pt.exp(pt.arange(3.0)), dims=("a",)))], dim="a"
+    ),
     "two_regions": lambda w, x: pxm.exp(
         px.as_xtensor(pt.tanh(pxm.sin(x).values) * w, dims=("a",))
     ) * x,
@@ -201,3 +206,20 @@ def test_pushforward_of_an_output_that_does_not_depend_on_wrt(use_op_pushforward
     np.testing.assert_array_equal(zeros.eval({c: np.ones(3)}), np.zeros(3))
     with pytest.raises(gradient.DisconnectedInputError):
         gradient.pushforward(outputs, x, t, use_op_pushforward=use_op_pushforward)
+
+
+@pytest.mark.parametrize("use_op_pushforward", [False, True])
+def test_pushforward_of_a_wrt_variable_computed_from_another(use_op_pushforward):
+    """A wrt variable computed from another keeps its own tangent, as in the reference."""
+    w = pt.vector("w", shape=(3,))
+    v = pt.exp(w)
+    y = (pxm.sin(px.as_xtensor(v, dims=("a",))) * px.as_xtensor(w, dims=("a",))).values
+    tw, tv = pt.vector("tw", shape=(3,)), pt.vector("tv", shape=(3,))
+    kwargs = {"use_op_pushforward": use_op_pushforward}
+    ours = gradient.pushforward([y, v], [w, v], [tw, tv], **kwargs)
+    lowered_y, lowered_v = lower([y, v])
+    reference = gradient.pushforward(
+        [lowered_y, lowered_v], [w, lowered_v], [tw, tv], **kwargs
+    )
+    values = [np.array([0.3, -0.7, 1.1]), np.array([1.0, -2.0, 0.5]), np.array([2.0, 0.5, -1.0])]
+    assert_same_gradients(ours, reference, [w, tw, tv], values)
