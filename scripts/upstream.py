@@ -508,23 +508,6 @@ def xtensor_edits(src: Path) -> list[SourceFile]:
     methods = method_edits(src)
     basic = methods["pytensor/xtensor/basic.py"]
 
-    # XTensorFromTensor.vectorize_node: names the new dims it is not told.
-    func = find_function(basic, "vectorize_node", cls="XTensorFromTensor")
-    check_parameters(
-        basic, func, "XTensorFromTensor.vectorize_node", ["self", "node", "new_x", "new_dim"]
-    )
-    insert_at_start(
-        basic,
-        func,
-        """\
-        if new_dim is None and new_x.type.ndim > node.inputs[0].type.ndim:
-            from pytensor.xtensor.vectorization_lazy import new_dim_names
-
-            new_dims = new_dim_names(self, node, new_x)
-            return [type(self)(dims=(*new_dims, *self.dims))(new_x)]
-        """,
-    )
-
     types = methods["pytensor/xtensor/type.py"]
 
     vectorization = SourceFile.read(src, "pytensor/xtensor/vectorization.py")

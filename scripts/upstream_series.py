@@ -511,7 +511,6 @@ batch dims of its conversions are known.
             "test_xtensor_gradient.py",
             "op:_vectorize_lazy_region_op",
             f"{GRADIENT}:jacobian",
-            f"{BASIC}:XTensorFromTensor.vectorize_node",
             "pytensor/xtensor/vectorization.py:vectorize_graph",
             "test_jacobian.py",
             "test_vectorize.py",
