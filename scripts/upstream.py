@@ -904,8 +904,7 @@ def helper_module() -> str:
         raise AnchorError("tests/helpers.py: IN_TREE_HELPERS: a helper is missing")
     reference = "".join(lines)
     tree = ast.parse(reference)
-    reference = rewrite_test_imports(reference, tree, HELPER, "helpers.py")
-    text = reference
+    text = rewrite_test_imports(reference, tree, HELPER, "helpers.py")
     at = text.index("from collections.abc import")
     text = text[:at] + "from contextlib import contextmanager\n" + text[at:]
     text += (
@@ -1023,6 +1022,11 @@ def pre_commit(src: Path, files: dict[str, str]) -> tuple[dict[str, str], list[s
     with tempfile.TemporaryDirectory(prefix="upstream-ruff-") as tmp:
         root = Path(tmp)
         shutil.copy(src / "pyproject.toml", root / "pyproject.toml")
+        # Every module of SRC, empty: ruff sorts `pytensor.x.y` as first-party
+        # only where it finds the module itself.
+        for path in [*src.glob("pytensor/**/*.py"), *src.glob("tests/**/*.py")]:
+            (root / path.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+            (root / path.relative_to(src)).touch()
         for rel, text in python.items():
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             (root / rel).write_text(text)
