@@ -514,6 +514,7 @@ batch dims of its conversions are known.
             "test_xtensor_gradient.py",
             "op:_vectorize_lazy_region_op",
             "test_hessian.py:test_jacobian_of_gradient",
+            "test_hessian.py:test_jacobian_of_a_gradient_wrt_a_plain_tensor",
             f"{GRADIENT}:jacobian",
             "pytensor/xtensor/vectorization.py:vectorize_graph",
             "test_jacobian.py",
