@@ -121,7 +121,7 @@ def _overrides() -> list[tuple[object, str, Callable]]:
     """``(owner, name, replacement)`` for every rebinding made by :func:`enable`."""
     import pytensor.tensor as pt
     import pytensor.xtensor.vectorization as xvectorization
-    from pytensor.xtensor.basic import Rename, XOp, XTensorFromTensor, XTypeCastOp
+    from pytensor.xtensor.basic import Rename, XOp, XTypeCastOp
     from pytensor.xtensor.type import XTensorType
 
     from pytensor_lazy_pullback import xtensor, xtensor_transforms
@@ -161,11 +161,6 @@ def _overrides() -> list[tuple[object, str, Callable]]:
         (Rename, "pullback", xtensor.rename_pullback),
         (XOp, "connection_pattern", xtensor.xop_connection_pattern),
         (XTypeCastOp, "pushforward", xtensor.conversion_pushforward),
-        (
-            XTensorFromTensor,
-            "vectorize_node",
-            xtensor_transforms.naming_new_dims(XTensorFromTensor.vectorize_node),
-        ),
     ]
     if "in_same_class" not in vars(XTensorType):
         overrides.append((XTensorType, "in_same_class", xtensor.xtensor_in_same_class))

@@ -391,9 +391,11 @@ def _lazy_pushforward(
                 for x, t in ((inp, input_tangent(inp)) for inp in node.inputs)
             ]
             results = node.op.pushforward(node.inputs, node.outputs, node_tangents)
-        for out, result in zip(node.outputs, results, strict=True):
-            if out not in given:  # a wrt variable keeps its own tangent
-                tangent_of[out] = result
+        tangent_of.update(  # a wrt variable keeps its own tangent
+            (out, result)
+            for out, result in zip(node.outputs, results, strict=True)
+            if out not in given
+        )
 
     results = []
     for out in outputs:

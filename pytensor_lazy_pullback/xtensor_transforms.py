@@ -2,14 +2,13 @@
 
 Upstream home: ``pytensor/xtensor/vectorization_lazy.py`` (the lazy extension
 of ``vectorization.py``, as ``gradient_lazy.py`` is of ``gradient.py``),
-called at the start of ``vectorize_graph`` (``pytensor/xtensor/vectorization.py``)
-and of ``XTensorFromTensor.vectorize_node``; :func:`vectorize_expansion` is the
-xtensor family's vectorizer.
+called at the start of ``vectorize_graph`` (``pytensor/xtensor/vectorization.py``);
+:func:`vectorize_expansion` is the xtensor family's vectorizer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from itertools import count
 
 from pytensor.graph.basic import Variable
@@ -24,8 +23,6 @@ from pytensor_lazy_pullback.rewriting import expand_lazy_pullback
 
 __all__ = [
     "expand_lazy_pullbacks_first",
-    "naming_new_dims",
-    "new_dim_names",
     "vectorize_expansion",
 ]
 
@@ -138,43 +135,3 @@ def _fresh_dim(taken: set[str]) -> str:
     return next(
         name for i in count() if (name := _UNNAMED_DIM.format(i)) not in taken
     )
-
-
-def new_dim_names(op, node, new_x) -> list[str]:
-    """Names for the new leading axes of `new_x`, batched input of ``XTensorFromTensor`` `node`.
-
-    ``pytensor.graph.replace.vectorize_graph`` passes no dim name, and the
-    conversion then refuses to guess.  A lazy gradient keeps the user's
-    forward conversions (an ordinary pullback between two regions reads them),
-    which the reference, lowered first, does not have.  So the new leading
-    axes take the names of the new dims of the XTensorVariables the tensor
-    was computed from, or else ``__unnamed_batch_dim_<i>__``, as for an
-    expanded `LazyPullback` (:func:`vectorize_expansion`).
-    """
-    [old_x] = node.inputs
-    n_new = new_x.type.ndim - old_x.type.ndim
-    old_dims = {d for var in ancestors([old_x]) for d in _dims(var)}
-    named = list(
-        dict.fromkeys(d for var in ancestors([new_x]) for d in _dims(var) if d not in old_dims)
-    )
-    new_dims = named if len(named) == n_new else []
-    while len(new_dims) < n_new:
-        new_dims.append(_fresh_dim(set(op.dims) | set(new_dims) | old_dims))
-    return new_dims
-
-
-def naming_new_dims(original: Callable) -> Callable:
-    """``XTensorFromTensor.vectorize_node``, naming new dims it is not told (:func:`new_dim_names`).
-
-    Upstream home: the start of ``XTensorFromTensor.vectorize_node`` in
-    ``pytensor/xtensor/basic.py``.
-    """
-
-    def vectorize_node(self, node, new_x, new_dim):
-        if new_dim is None and new_x.type.ndim > node.inputs[0].type.ndim:
-            new_dims = new_dim_names(self, node, new_x)
-            return [type(self)(dims=(*new_dims, *self.dims))(new_x)]
-        return original(self, node, new_x, new_dim)
-
-    return vectorize_node
-

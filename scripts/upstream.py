@@ -508,23 +508,6 @@ def xtensor_edits(src: Path) -> list[SourceFile]:
     methods = method_edits(src)
     basic = methods["pytensor/xtensor/basic.py"]
 
-    # XTensorFromTensor.vectorize_node: names the new dims it is not told.
-    func = find_function(basic, "vectorize_node", cls="XTensorFromTensor")
-    check_parameters(
-        basic, func, "XTensorFromTensor.vectorize_node", ["self", "node", "new_x", "new_dim"]
-    )
-    insert_at_start(
-        basic,
-        func,
-        """\
-        if new_dim is None and new_x.type.ndim > node.inputs[0].type.ndim:
-            from pytensor.xtensor.vectorization_lazy import new_dim_names
-
-            new_dims = new_dim_names(self, node, new_x)
-            return [type(self)(dims=(*new_dims, *self.dims))(new_x)]
-        """,
-    )
-
     types = methods["pytensor/xtensor/type.py"]
 
     vectorization = SourceFile.read(src, "pytensor/xtensor/vectorization.py")
@@ -833,10 +816,7 @@ def in_tree_test(name: str, helper: str) -> str:
     text = re.sub(r'^("""[^\n]*"""\n)\n\n+', r"\1\n", text)
     tree = ast.parse(text)
     text = rewrite_test_imports(text, tree, helper, name)
-    fixtures = "fail_on_logged_rewrite_failure, on_opt_error, default_rewrite_config"
-    text = _after_imports(
-        text, f"from {helper} import {fixtures}  # noqa: F401  (fixtures)\n"
-    )
+    text = use_conftest_fixture(text)
     # Mentions of the helper module and of other carried test files, by their in-tree names.
     text = text.replace("`helpers.", f"`{HELPER}.")
     text = re.sub(r"\b(test_\w+\.py)\b", lambda m: TESTS.get(m.group(1), m.group(1)), text)
@@ -911,7 +891,7 @@ unrelated rewrites)."""
 
 
 def helper_module() -> str:
-    """tests/helpers.py and tests/conftest.py's fixtures, as one helper module."""
+    """tests/helpers.py as the helper module of the carried tests."""
     reference = (REPO / "tests" / "helpers.py").read_text()
     tree = ast.parse(reference)
     lines = reference.splitlines(keepends=True)
@@ -924,39 +904,53 @@ def helper_module() -> str:
         raise AnchorError("tests/helpers.py: IN_TREE_HELPERS: a helper is missing")
     reference = "".join(lines)
     tree = ast.parse(reference)
-    reference = rewrite_test_imports(reference, tree, HELPER, "helpers.py")
-    conftest = (REPO / "tests" / "conftest.py").read_text()
-    ctree = ast.parse(conftest)
-    body_start_line = min(
-        n.lineno for n in ctree.body
-        if not isinstance(n, ast.Import | ast.ImportFrom | ast.Expr)
-    )
-    fixtures = "".join(conftest.splitlines(keepends=True)[body_start_line - 1 :])
-    fixtures = fixtures.replace("def _default_rewrite_config", "def default_rewrite_config")
-    doc = ast.get_docstring(ctree)
-    head, rest = reference.split('"""', 2)[1], reference.split('"""', 2)[2]
-    first, _, others = doc.partition("\n\n")
-    new_doc = (
-        f"{head.strip()}\n\n"
-        + textwrap.fill(f"It also holds the fixtures of these tests. {first}", 79)
-        + f"\n\n{others}\n"
-    )
-    text = f'"""{new_doc}"""' + rest
-    for anchor, added in (
-        ("from collections.abc import", "import logging\nfrom contextlib import contextmanager\n"),
-        ("import pytensor.xtensor as px\n", "import pytest\n"),
-    ):
-        at = text.index(anchor)
-        text = text[:at] + added + text[at:] if anchor.startswith("from") else (
-            text[: at + len(anchor)] + added + text[at + len(anchor) :]
-        )
+    text = rewrite_test_imports(reference, tree, HELPER, "helpers.py")
+    at = text.index("from collections.abc import")
+    text = text[:at] + "from contextlib import contextmanager\n" + text[at:]
     text += (
         "\n\n@contextmanager\n"
         "def integration_disabled():\n"
         '    """Nothing to switch off: PyTensor\'s own gradient is the lazy one."""\n'
-        "    yield\n\n\n" + fixtures
+        "    yield\n"
     )
     return text
+
+
+FIXTURE = "fail_on_logged_rewrite_failure"
+"""The conftest fixture every carried test module uses (autouse in this repository)."""
+
+
+def use_conftest_fixture(text: str) -> str:
+    """Mark a carried test module to use :data:`FIXTURE` of ``tests/xtensor/conftest.py``.
+
+    There the fixture is not autouse, so PyTensor's own xtensor tests run
+    exactly as before.
+    """
+    mark = re.search(r"^pytestmark = pytest\.mark\.usefixtures\((.*)\)$", text, flags=re.M)
+    if mark:
+        return text[: mark.start(1)] + f'"{FIXTURE}", ' + text[mark.start(1) :]
+    added = f'\n\npytestmark = pytest.mark.usefixtures("{FIXTURE}")\n'
+    if not re.search(r"^import pytest$", text, flags=re.M):
+        added = "import pytest\n" + added  # ruff sorts it among the imports
+    return _after_imports(text, added)
+
+
+def conftest_module() -> str:
+    """tests/conftest.py as ``tests/xtensor/conftest.py``, :data:`FIXTURE` not autouse."""
+    text = (REPO / "tests" / "conftest.py").read_text()
+    autouse = f"@pytest.fixture(autouse=True)\ndef {FIXTURE}("
+    if autouse not in text:
+        raise AnchorError(f"tests/conftest.py: {FIXTURE}: not an autouse fixture")
+    text = text.replace(autouse, f"@pytest.fixture\ndef {FIXTURE}(")
+    body = text[text.index('"""', 3) + 3 :]
+    doc = (
+        '"""Fixtures of the tests of lazy derivatives (``test_lazy_*.py``).\n\n'
+        f"Each of those modules uses ``{FIXTURE}``, which fails a test\n"
+        "during which PyTensor's rewriters logged a failure (under\n"
+        '``on_opt_error="warn"`` they log it and carry on); ``on_opt_error`` runs a\n'
+        'test under both values.\n"""'
+    )
+    return doc + body
 
 
 # --------------------------------------------------------------------------- documentation
@@ -1028,6 +1022,11 @@ def pre_commit(src: Path, files: dict[str, str]) -> tuple[dict[str, str], list[s
     with tempfile.TemporaryDirectory(prefix="upstream-ruff-") as tmp:
         root = Path(tmp)
         shutil.copy(src / "pyproject.toml", root / "pyproject.toml")
+        # Every module of SRC, empty: ruff sorts `pytensor.x.y` as first-party
+        # only where it finds the module itself.
+        for path in [*src.glob("pytensor/**/*.py"), *src.glob("tests/**/*.py")]:
+            (root / path.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+            (root / path.relative_to(src)).touch()
         for rel, text in python.items():
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             (root / rel).write_text(text)
@@ -1086,6 +1085,7 @@ def build_tree(src: Path) -> tuple[list[SourceFile], dict[str, str]]:
     for name, target in TESTS.items():
         new_files[f"{TEST_DIR}/{target}"] = in_tree_test(name, helper)
     new_files[f"{TEST_DIR}/{HELPER}.py"] = helper_module()
+    new_files[f"{TEST_DIR}/conftest.py"] = conftest_module()
     new_files[DOC_PAGE] = doc_page()
     for rel in new_files:
         if (src / rel).exists():

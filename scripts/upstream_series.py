@@ -20,8 +20,9 @@ What each step adds is declared in :data:`STEPS`, by *owner keys*:
     by its first line), or one method of a class;
 ``"test_hessian.py"``, ``"test_grad_basic.py:test_rename"``
     a carried test file (:data:`upstream.TESTS`), or one of its definitions;
-``"helpers"``, ``"doc"``
-    the tests' helper module and the documentation page (and its index entry);
+``"helpers"``, ``"conftest"``, ``"doc"``
+    the tests' helper module, their ``conftest.py`` and the documentation
+    page (and its index entry);
 ``"pytensor/gradient.py:jacobian"``
     an edit of one of SRC's files, by the label `upstream.SourceFile` gives it
     (the function or ``Class.method`` it is in).
@@ -97,10 +98,11 @@ class Owners:
 
 
 def file_keys(src: Path, edited, new_files: dict[str, str]) -> dict[str, str]:
-    """In-tree path of each new file -> its owner key (``op``, ``test_x.py``, ``helpers``, ``doc``)."""
+    """In-tree path of each new file -> its owner key (``op``, ``test_x.py``, ``helpers``, ...)."""
     keys = {home: name.removesuffix(".py") for name, home in upstream.MODULES.items()}
     keys |= {f"{upstream.TEST_DIR}/{target}": name for name, target in upstream.TESTS.items()}
     keys[upstream.DOC_PAGE] = "doc"
+    keys[f"{upstream.TEST_DIR}/conftest.py"] = "conftest"
     for rel in new_files:
         if rel not in keys and rel.startswith(upstream.TEST_DIR):
             keys[rel] = "helpers"
@@ -310,6 +312,7 @@ stand on their own.
             "pytensor/xtensor/type.py:XTensorType.in_same_class",
             f"{BASIC}:align_xtensor_cotangent",
             "test_xtensor_methods.py",
+            "conftest",
         ),
     ),
     Step(
@@ -510,8 +513,9 @@ batch dims of its conversions are known.
             "xtensor_transforms",
             "test_xtensor_gradient.py",
             "op:_vectorize_lazy_region_op",
+            "test_hessian.py:test_jacobian_of_gradient",
+            "test_hessian.py:test_jacobian_of_a_gradient_wrt_a_plain_tensor",
             f"{GRADIENT}:jacobian",
-            f"{BASIC}:XTensorFromTensor.vectorize_node",
             "pytensor/xtensor/vectorization.py:vectorize_graph",
             "test_jacobian.py",
             "test_vectorize.py",

@@ -167,10 +167,10 @@ def test_batched_plain_leaf_only(flavour):
     [ref_tb] = vectorize(flavour, [ref_t], {t: tb}, new_tensor_dims=["b"])
     assert_same_gradients([gb_t], [ref_tb], [tb, w], [tb_value, w_value])
     if flavour == "replace":
-        # The conversion names the new dim (PyTensor 3.3's own raises, see
-        # test_pytensor_33_conversion_names_no_new_dim): the same unnamed dim as ours.
-        [ref_wb] = replace_vectorize_graph([ref_w], {t: tb})
-        assert ref_wb.type.dims == gb_w.type.dims
+        # PyTensor's conversion from tensors refuses to name the new dim; the
+        # lazy gradient names it where its own expansion is batched.
+        with pytest.raises(NotImplementedError, match="cannot infer the new dimension"):
+            replace_vectorize_graph([ref_w], {t: tb})
     [ref_wb] = xvec.vectorize_graph([ref_w], {t: tb}, new_tensor_dims=["b"])
     np.testing.assert_allclose(
         got_w, compile_values([tb, w], [ref_wb], [tb_value, w_value])[0], rtol=1e-12
@@ -198,30 +198,36 @@ def test_replace_flavour_names_plain_batch_axes_like_the_labelled_ones():
     )
 
 
-def test_pytensor_33_conversion_names_no_new_dim():
-    """What the add-on changes: PyTensor 3.3's own ``XTensorFromTensor`` cannot name
-    the new dim ``pytensor.graph.replace.vectorize_graph`` adds, and raises."""
+def test_conversion_from_tensors_still_refuses_to_name_a_new_dim():
+    """PyTensor's ``XTensorFromTensor`` cannot name the new dim that
+    ``pytensor.graph.replace.vectorize_graph`` adds, and raises: the add-on
+    leaves that as it is, enabled or not."""
     t = pt.tensor("t", shape=(3,))
     x = px.as_xtensor(t, dims=("a",))
     tb = pt.tensor("tb", shape=(2, 3))
     [ref] = reference_grad(cost_of(x), [x])
     assert plp.is_enabled()
+    with pytest.raises(NotImplementedError, match="cannot infer the new dimension"):
+        replace_vectorize_graph([ref], {t: tb})
     with integration_disabled(), pytest.raises(NotImplementedError):
         replace_vectorize_graph([ref], {t: tb})
 
 
 def test_replace_flavour_with_a_converted_batched_tensor_in_the_forward_graph():
-    """A wrt that is ``as_xtensor(t)``: PyTensor's own vectorization cannot name the
-    new dim of the conversion (the reference raises); with the add-on it is unnamed,
-    for ours and the reference alike, and the values are the per-example ones."""
+    """A wrt that is ``as_xtensor(t)``: its conversion is the user's, in the forward
+    graph, so ``pytensor.graph.replace.vectorize_graph`` refuses to name its new dim
+    for ours as for the reference; the xtensor vectorizer batches both alike."""
     t = pt.tensor("t", shape=(3,))
     x = px.as_xtensor(t, dims=("a",))
     tb = pt.tensor("tb", shape=(2, 3))
     [g] = pt.grad(cost_of(x), [x])
     [ref] = reference_grad(cost_of(x), [x])
-    [gb] = replace_vectorize_graph([g], {t: tb})
-    [refb] = replace_vectorize_graph([ref], {t: tb})
-    assert gb.type.dims == refb.type.dims == ("__unnamed_batch_dim_0__", "a")
+    for grad in (g, ref):
+        with pytest.raises(NotImplementedError, match="cannot infer the new dimension"):
+            replace_vectorize_graph([grad], {t: tb})
+    [gb] = xvec.vectorize_graph([g], {t: tb}, new_tensor_dims=["b"])
+    [refb] = xvec.vectorize_graph([ref], {t: tb}, new_tensor_dims=["b"])
+    assert gb.type.dims == refb.type.dims == ("b", "a")
     [tb_value] = random_values([tb])
     got, want = compile_values([tb], [gb, refb], [tb_value])
     np.testing.assert_allclose(got, want, rtol=1e-12)
