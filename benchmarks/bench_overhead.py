@@ -1,0 +1,156 @@
+"""What the integration costs programs that have no xtensor at all.
+
+Run with ``.venv/bin/python benchmarks/bench_overhead.py [--quick] [--rounds N]
+[--mode MODE]``.  For each program below it builds the graph afresh, takes
+``pt.grad(cost, params)`` and compiles ``pytensor.function(inputs, [cost,
+*grads])``, in alternating rounds with the integration enabled (as after
+``import pytensor_lazy_pullback``) and disabled (``integration_disabled()``,
+PyTensor's own functions), and prints the median times of each side and the
+ratio enabled / disabled:
+
+* ``scan_rnn``: a Scan RNN, ``tanh(W h + U x_t)``, with a scalar loss;
+* ``ofg``: an OpFromGraph used twice;
+* ``chain``: a deep elementwise chain (alternating ``sin``, ``exp``, ``mul``);
+* ``mlp``: a two-hidden-layer MLP with a softmax cross-entropy.
+
+It also checks that both sides compile to the same number of apply nodes and
+give the same numbers.  In-process enabled/disabled stands in for patched vs
+unpatched PyTensor: the in-tree patch adds the same code paths, always on.
+Absolute times are noise on a shared 2-core machine; the ratios of one run
+are the measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+from pytensor.compile.builders import OpFromGraph
+
+import pytensor_lazy_pullback
+from pytensor_lazy_pullback import integration_disabled
+
+
+def scan_rnn(size):
+    steps, n = size
+    xs = pt.matrix("xs", shape=(steps, n))
+    w = pt.matrix("w", shape=(n, n))
+    u = pt.matrix("u", shape=(n, n))
+    h0 = pt.zeros((n,))
+    hs, _ = pytensor.scan(
+        lambda x_t, h, w, u: pt.tanh(w @ h + u @ x_t), sequences=xs, outputs_info=h0,
+        non_sequences=[w, u],
+    )
+    return [xs, w, u], (hs[-1] ** 2).sum(), [w, u]
+
+
+def ofg(size):
+    _, n = size
+    a, b = pt.vector("a"), pt.vector("b")
+    op = OpFromGraph([a, b], [pt.exp(a) * b + pt.sin(b)])
+    x, y = pt.vector("x", shape=(n,)), pt.vector("y", shape=(n,))
+    cost = op(op(x, y), x).sum()
+    return [x, y], cost, [x, y]
+
+
+def chain(size):
+    depth, n = size
+    x = pt.vector("x", shape=(n,))
+    out = x
+    for i in range(depth):
+        out = (pt.sin, lambda v: pt.exp(v * 0.01), lambda v: v * 0.9)[i % 3](out)
+    return [x], out.sum(), [x]
+
+
+def mlp(size):
+    _, n = size
+    x = pt.matrix("x", shape=(16, n))
+    y = pt.lvector("y", shape=(16,))
+    w1, w2, w3 = (pt.matrix(f"w{i}", shape=(n, n)) for i in (1, 2, 3))
+    h = pt.tanh(pt.tanh(x @ w1) @ w2)
+    p = pt.special.softmax(h @ w3, axis=-1)
+    cost = -pt.log(p[pt.arange(16), y]).mean()
+    return [x, y, w1, w2, w3], cost, [w1, w2, w3]
+
+
+PROGRAMS = {"scan_rnn": scan_rnn, "ofg": ofg, "chain": chain, "mlp": mlp}
+
+
+def one_round(build, size, mode):
+    gc.collect()
+    inputs, cost, params = build(size)
+    t0 = time.perf_counter()
+    grads = pt.grad(cost, params)
+    t1 = time.perf_counter()
+    fn = pytensor.function(inputs, [cost, *grads], mode=mode)
+    t2 = time.perf_counter()
+    return t1 - t0, t2 - t1, fn, inputs
+
+
+def values_for(inputs, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for var in inputs:
+        if var.type.dtype.startswith("int"):
+            out.append(rng.integers(0, var.type.shape[0] and 4, size=var.type.shape))
+        else:
+            out.append(rng.normal(size=var.type.shape).astype(var.type.dtype) * 0.3)
+    return out
+
+
+def measure(name, size, rounds, mode):
+    times = {"enabled": ([], []), "disabled": ([], [])}
+    fns = {}
+    for _ in range(rounds):
+        for side in ("enabled", "disabled"):
+            if side == "enabled":
+                assert pytensor_lazy_pullback.is_enabled()
+                grad_t, compile_t, fn, inputs = one_round(PROGRAMS[name], size, mode)
+            else:
+                with integration_disabled():
+                    assert not pytensor_lazy_pullback.is_enabled()
+                    grad_t, compile_t, fn, inputs = one_round(PROGRAMS[name], size, mode)
+            times[side][0].append(grad_t)
+            times[side][1].append(compile_t)
+            fns[side] = (fn, inputs)
+    nodes = {side: len(fn.maker.fgraph.apply_nodes) for side, (fn, _) in fns.items()}
+    values = values_for(fns["enabled"][1])
+    for a, b in zip(fns["enabled"][0](*values), fns["disabled"][0](*values), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10)
+    med = {side: [statistics.median(t) for t in pair] for side, pair in times.items()}
+    print(
+        f"{name:9s} grad {med['enabled'][0] * 1e3:8.1f} / {med['disabled'][0] * 1e3:8.1f} ms"
+        f" = {med['enabled'][0] / med['disabled'][0]:5.2f}   "
+        f"compile {med['enabled'][1] * 1e3:8.1f} / {med['disabled'][1] * 1e3:8.1f} ms"
+        f" = {med['enabled'][1] / med['disabled'][1]:5.2f}   "
+        f"nodes {nodes['enabled']} / {nodes['disabled']}"
+        + ("" if nodes["enabled"] == nodes["disabled"] else "   WARNING: node counts differ"),
+        flush=True,
+    )
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 rounds, smaller programs")
+    parser.add_argument("--rounds", type=int, default=None, help="alternating rounds (7)")
+    parser.add_argument("--mode", default=None, help="compilation mode (PyTensor's default)")
+    args = parser.parse_args(argv)
+    rounds = args.rounds or (3 if args.quick else 7)
+    sizes = {
+        "scan_rnn": (10, 8) if args.quick else (20, 16),
+        "ofg": (0, 8),
+        "chain": (90, 8) if args.quick else (300, 8),
+        "mlp": (0, 8) if args.quick else (0, 32),
+    }
+    print(f"enabled / disabled, median of {rounds} alternating rounds, mode={args.mode}")
+    for name in PROGRAMS:
+        measure(name, sizes[name], rounds, args.mode)
+
+
+if __name__ == "__main__":
+    main()
