@@ -2,10 +2,10 @@
 
 With PyTensor's default ``on_opt_error="warn"`` (as users run it), its
 rewriters log an exception raised inside a rewrite and carry on; PyTensor's
-own CI sets ``"raise"``.  The suite passes under both.  The autouse fixture
-below fails any test during which such a failure was logged, so a rewrite
-error cannot pass unnoticed; tests of errors set both values themselves
-(``on_opt_error``).
+own CI sets ``"raise"``, under which the in-tree copies of these tests run.
+Nothing here fixes the value.  The autouse fixture below fails any test
+during which such a failure was logged, so a rewrite error cannot pass
+unnoticed; tests of errors set both values themselves (``on_opt_error``).
 """
 
 import logging
