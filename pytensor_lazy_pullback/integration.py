@@ -119,6 +119,8 @@ def _rebind(owner, name: str, replacement: Callable) -> None:
 
 def _overrides() -> list[tuple[object, str, Callable]]:
     """``(owner, name, replacement)`` for every rebinding made by :func:`enable`."""
+    import pytensor.graph as graph
+    import pytensor.graph.replace as graph_replace
     import pytensor.tensor as pt
     import pytensor.xtensor.vectorization as xvectorization
     from pytensor.xtensor.basic import Rename, XOp, XTypeCastOp
@@ -144,6 +146,14 @@ def _overrides() -> list[tuple[object, str, Callable]]:
             new_tensor_dims=new_tensor_dims,
         )
 
+    original_graph_vectorize_graph = graph_replace.vectorize_graph
+
+    def graph_vectorize_graph(outputs, replace):
+        vectorized = _op.vectorize_lazy_derivatives(outputs, replace)
+        if vectorized is None:
+            return original_graph_vectorize_graph(outputs, replace)
+        return vectorized
+
     overrides = [
         (gradient, "_populate_var_to_app_to_idx", _op.populate_var_to_app_to_idx),
         (gradient, "_populate_grad_dict", _populate_grad_dict),
@@ -158,6 +168,8 @@ def _overrides() -> list[tuple[object, str, Callable]]:
         (gradient, "jacobian", jacobian),
         (pt, "jacobian", jacobian),
         (xvectorization, "vectorize_graph", vectorize_graph),
+        (graph_replace, "vectorize_graph", graph_vectorize_graph),
+        (graph, "vectorize_graph", graph_vectorize_graph),
         (Rename, "pullback", xtensor.rename_pullback),
         (XOp, "connection_pattern", xtensor.xop_connection_pattern),
         (XTypeCastOp, "pushforward", xtensor.conversion_pushforward),

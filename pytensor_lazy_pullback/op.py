@@ -26,7 +26,7 @@ from pytensor.graph.fg import FrozenFunctionGraph
 from pytensor.graph.null_type import NullType
 from pytensor.gradient import DisconnectedType, disconnected_type, grad_undefined
 from pytensor.graph.replace import _vectorize_node, vectorize_graph
-from pytensor.graph.traversal import ancestors, applys_between, walk_toposort
+from pytensor.graph.traversal import ancestors, applys_between, toposort, walk_toposort
 from pytensor import config
 from pytensor.tensor.basic import constant
 from pytensor.tensor.extra_ops import broadcast_to
@@ -52,6 +52,7 @@ __all__ = [
     "lazy_zeros_like",
     "populate_var_to_app_to_idx",
     "pushforward_through_regions",
+    "vectorize_lazy_derivatives",
 ]
 
 
@@ -658,3 +659,51 @@ def _vectorize_lazy_region_op(op, node, *batched_inputs):
         vectorize_graph,
     )
     return vectorize(expansion, dict(zip(node.inputs, batched_inputs, strict=True)))
+
+
+def vectorize_lazy_derivatives(outputs, replace):
+    """``vectorize_graph`` of a lazy derivative's graph, by its family's vectorizer.
+
+    Called at the start of :func:`pytensor.graph.replace.vectorize_graph`;
+    returns ``None`` where that applies unchanged.  Outside its lazy Ops, a
+    derivative's graph holds the family's conversions of the forward values
+    the lazy Ops read (``x.values.shape``, say) and the conversions' own
+    pullbacks.  The reference (lower first, then ``grad``) holds neither, so
+    it batches a plain tensor input where PyTensor refuses to batch those
+    conversions: they need a name for the new dim.  When every result that
+    depends on a batched input is an ordinary variable, that name never
+    leaves the graph, so the family's vectorizer picks one, as inside an
+    expanded lazy Op (see `_vectorize_lazy_region_op`).  Other graphs (a
+    forward graph, a labelled gradient) are left to PyTensor, refusal
+    included.
+    """
+    keys = list(replace)
+    batched = {
+        old
+        for old, new in replace.items()
+        if (getattr(new.type, "ndim", None) or 0) > (getattr(old.type, "ndim", None) or 0)
+    }
+    vectorize = next(
+        (family.vectorize for family in families() if family.vectorize is not None), None
+    )
+    if not batched or vectorize is None:
+        return None
+    as_list = isinstance(outputs, Sequence)
+    outputs = list(outputs) if as_list else [outputs]
+    nodes = list(toposort(outputs, blockers=keys))
+    if not any(isinstance(node.op, LazyRegionOp) for node in nodes):
+        return None
+    depends = set(batched)
+    needs_a_name = False
+    for node in nodes:
+        if any(inp in depends for inp in node.inputs):
+            depends.update(node.outputs)
+            needs_a_name |= family_of(node.op) is not None and not isinstance(
+                node.op, LazyRegionOp
+            )
+    if not needs_a_name or any(
+        out in depends and family_of(out.type) is not None for out in outputs
+    ):
+        return None
+    vectorized = vectorize(outputs, dict(replace))
+    return vectorized if as_list else vectorized[0]

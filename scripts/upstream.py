@@ -227,7 +227,17 @@ def find_class(sf: SourceFile, name: str) -> ast.ClassDef:
 def find_function(sf: SourceFile, name: str, cls: str | None = None) -> ast.FunctionDef:
     body = find_class(sf, cls).body if cls else sf.tree.body
     qualname = f"{cls}.{name}" if cls else name
-    found = [n for n in body if isinstance(n, ast.FunctionDef) and n.name == name]
+    found = [
+        n
+        for n in body
+        if isinstance(n, ast.FunctionDef)
+        and n.name == name
+        and not any(  # typing stubs of an overloaded function
+            isinstance(d, ast.Name | ast.Attribute)
+            and (getattr(d, "id", None) or getattr(d, "attr", None)) == "overload"
+            for d in n.decorator_list
+        )
+    ]
     if not found:
         raise AnchorError(f"{sf.rel}: {qualname}: function not found")
     if len(found) > 1:
@@ -503,8 +513,8 @@ def method_edits(src: Path) -> dict[str, SourceFile]:
 
 
 def xtensor_edits(src: Path) -> list[SourceFile]:
-    """``Rename.pullback``, ``XOp.connection_pattern``, ``XTensorType.in_same_class``
-    and the xtensor ``vectorize_graph``."""
+    """``Rename.pullback``, ``XOp.connection_pattern``, ``XTensorType.in_same_class``,
+    the xtensor ``vectorize_graph`` and the graph ``vectorize_graph``."""
     methods = method_edits(src)
     basic = methods["pytensor/xtensor/basic.py"]
 
@@ -524,7 +534,21 @@ def xtensor_edits(src: Path) -> list[SourceFile]:
         outputs = expand_lazy_pullbacks_first(outputs, replace)
         """,
     )
-    return [basic, types, vectorization]
+    replace = SourceFile.read(src, "pytensor/graph/replace.py")
+    func = find_function(replace, "vectorize_graph")
+    check_parameters(replace, func, "vectorize_graph", ["outputs", "replace"])
+    insert_at_start(
+        replace,
+        func,
+        """\
+        from pytensor.gradient_lazy import vectorize_lazy_derivatives
+
+        vectorized = vectorize_lazy_derivatives(outputs, replace)
+        if vectorized is not None:
+            return vectorized
+        """,
+    )
+    return [basic, types, vectorization, replace]
 
 
 def add_sorted_import(src: Path, rel: str, module: str, after: str | None = None) -> SourceFile:

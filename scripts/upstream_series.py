@@ -517,6 +517,8 @@ batch dims of its conversions are known.
             "test_hessian.py:test_jacobian_of_a_gradient_wrt_a_plain_tensor",
             f"{GRADIENT}:jacobian",
             "pytensor/xtensor/vectorization.py:vectorize_graph",
+            "op:vectorize_lazy_derivatives",
+            "pytensor/graph/replace.py:vectorize_graph",
             "test_jacobian.py",
             "test_vectorize.py",
         ),

@@ -56,10 +56,10 @@ import pytensor.xtensor.math as pxm
 import pytest
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
-from pytensor.graph.replace import vectorize_graph as graph_vectorize_graph
+import pytensor.graph.replace as graph_replace
+import pytensor.xtensor.vectorization as xtensor_vectorization
 from pytensor.graph.traversal import ancestors
 from pytensor.xtensor.type import XTensorType
-from pytensor.xtensor.vectorization import vectorize_graph as xtensor_vectorize_graph
 
 from helpers import (
     MODE,
@@ -706,10 +706,11 @@ def check_program(source: str, seed: int = 0) -> str:
 
 def vectorize(how: str, outputs, replace):
     if how == "graph":
-        return graph_vectorize_graph(list(outputs), replace)
+        # looked up at call time: the add-on rebinds both when enabled
+        return graph_replace.vectorize_graph(list(outputs), replace)
     (old, new), = replace.items()
     new_tensor_dims = [] if isinstance(new.type, XTensorType) else [BATCH_DIM]
-    return xtensor_vectorize_graph(list(outputs), replace, new_tensor_dims=new_tensor_dims)
+    return xtensor_vectorization.vectorize_graph(list(outputs), replace, new_tensor_dims=new_tensor_dims)
 
 
 def batch_first(value, var_vec, var, n):

@@ -14,15 +14,15 @@ import pytensor.tensor as pt
 import pytensor.xtensor as px
 import pytensor.xtensor.math as pxm
 import pytest
-from pytensor.graph.replace import vectorize_graph as replace_vectorize_graph
 from pytensor.tensor.type import TensorType
 from pytensor.xtensor.type import XTensorType
 
 import pytensor_lazy_pullback as plp
 from pytensor_lazy_pullback import integration_disabled
 
-# The add-on rebinds ``pytensor.xtensor.vectorization.vectorize_graph``: always
-# look it up as a module attribute, after importing the add-on.
+# The add-on rebinds both ``vectorize_graph`` functions: always look them up as
+# module attributes, after importing the add-on.
+import pytensor.graph.replace as graph_replace
 import pytensor.xtensor.vectorization as xvec
 from helpers import (
     MODE,
@@ -75,7 +75,7 @@ FLAVOURS = ["xtensor", "replace"]
 def vectorize(flavour, outputs, replace, new_tensor_dims=()):
     if flavour == "xtensor":
         return xvec.vectorize_graph(outputs, replace, new_tensor_dims=list(new_tensor_dims))
-    return replace_vectorize_graph(outputs, replace)
+    return graph_replace.vectorize_graph(outputs, replace)
 
 
 @pytest.mark.parametrize("batch_first", [True, False])
@@ -170,7 +170,7 @@ def test_batched_plain_leaf_only(flavour):
         # PyTensor's conversion from tensors refuses to name the new dim; the
         # lazy gradient names it where its own expansion is batched.
         with pytest.raises(NotImplementedError, match="cannot infer the new dimension"):
-            replace_vectorize_graph([ref_w], {t: tb})
+            graph_replace.vectorize_graph([ref_w], {t: tb})
     [ref_wb] = xvec.vectorize_graph([ref_w], {t: tb}, new_tensor_dims=["b"])
     np.testing.assert_allclose(
         got_w, compile_values([tb, w], [ref_wb], [tb_value, w_value])[0], rtol=1e-12
@@ -187,7 +187,7 @@ def test_replace_flavour_names_plain_batch_axes_like_the_labelled_ones():
     assert_lazy([g_x, g_t])
     xb = px.xtensor("xb", dims=("b", "a"), shape=(4, 3))
     tb = pt.tensor("tb", shape=(4, 2))
-    gb_x, gb_t = replace_vectorize_graph([g_x, g_t], {x: xb, t: tb})
+    gb_x, gb_t = graph_replace.vectorize_graph([g_x, g_t], {x: xb, t: tb})
     assert gb_x.type.dims == ("b", "a") and gb_x.type.shape == (4, 3)
     assert gb_t.type.shape == (4, 2)
 
@@ -208,9 +208,9 @@ def test_conversion_from_tensors_still_refuses_to_name_a_new_dim():
     [ref] = reference_grad(cost_of(x), [x])
     assert plp.is_enabled()
     with pytest.raises(NotImplementedError, match="cannot infer the new dimension"):
-        replace_vectorize_graph([ref], {t: tb})
+        graph_replace.vectorize_graph([ref], {t: tb})
     with integration_disabled(), pytest.raises(NotImplementedError):
-        replace_vectorize_graph([ref], {t: tb})
+        graph_replace.vectorize_graph([ref], {t: tb})
 
 
 def test_replace_flavour_with_a_converted_batched_tensor_in_the_forward_graph():
@@ -224,7 +224,7 @@ def test_replace_flavour_with_a_converted_batched_tensor_in_the_forward_graph():
     [ref] = reference_grad(cost_of(x), [x])
     for grad in (g, ref):
         with pytest.raises(NotImplementedError, match="cannot infer the new dimension"):
-            replace_vectorize_graph([grad], {t: tb})
+            graph_replace.vectorize_graph([grad], {t: tb})
     [gb] = xvec.vectorize_graph([g], {t: tb}, new_tensor_dims=["b"])
     [refb] = xvec.vectorize_graph([ref], {t: tb}, new_tensor_dims=["b"])
     assert gb.type.dims == refb.type.dims == ("b", "a")
@@ -233,6 +233,48 @@ def test_replace_flavour_with_a_converted_batched_tensor_in_the_forward_graph():
     np.testing.assert_allclose(got, want, rtol=1e-12)
     single = pytensor.function([t], g, mode=MODE)
     np.testing.assert_allclose(got, np.stack([single(row) for row in tb_value]), rtol=1e-12)
+
+
+def labelled_round_trip_cost(t):
+    """A cost of plain ``t`` (size 3) that labels it, leaves the labels and comes back.
+
+    Outside the gradient's lazy Op stay the forward conversions it reads (the
+    mean's divisor ``x.values.shape``, ``tanh(x.values)``) and the
+    ``.values`` conversion's own pullback.
+    """
+    x = px.as_xtensor(t, dims=("a",))
+    back = px.as_xtensor(pt.tanh(x.values), dims=("a",))
+    return (pxm.exp(0.1 * x.mean("a")) + pxm.exp(back) * x).sum().values
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_batched_plain_wrt_labelled_inside_the_cost(flavour):
+    """Regression: the replace flavour refused the conversions outside the lazy Op
+    (``XTensorFromTensor`` cannot name a new dim) where the reference, which has
+    none, batches; the gradient is a plain tensor, so the name stays inside."""
+    t = pt.tensor("t", shape=(3,))
+    tb = pt.tensor("tb", shape=(2, 3))
+    cost = labelled_round_trip_cost(t)
+    [g] = pt.grad(cost, [t])
+    [ref] = reference_grad(cost, [t])
+    assert_lazy([g])
+    [gb] = vectorize(flavour, [g], {t: tb}, new_tensor_dims=["b"])
+    [refb] = vectorize(flavour, [ref], {t: tb}, new_tensor_dims=["b"])
+    assert gb.type.shape == refb.type.shape == (2, 3)
+    [tb_value] = random_values([tb])
+    got = assert_matches_loop(([t], [g]), [(tb_value, True)], [tb], [gb], [tb_value])
+    np.testing.assert_allclose(got[0], compile_values([tb], [refb], [tb_value])[0], rtol=1e-12)
+
+
+def test_labelled_gradient_of_a_batched_plain_input_is_still_refused():
+    """Where a result is labelled, PyTensor's refusal to invent its new dim's name stands."""
+    t = pt.tensor("t", shape=(3,))
+    x = px.as_xtensor(t, dims=("a",))
+    tb = pt.tensor("tb", shape=(2, 3))
+    cost = labelled_round_trip_cost(t) + cost_of(x)
+    g_t, g_x = pt.grad(cost, [t, x])
+    with pytest.raises(NotImplementedError, match="cannot infer the new dimension"):
+        graph_replace.vectorize_graph([g_t, g_x], {t: tb})
 
 
 def pullback_graph():
@@ -350,7 +392,7 @@ def test_vectorizing_does_not_mutate_the_users_graph():
     batched = [
         xvec.vectorize_graph(outputs, {d: db}),
         xvec.vectorize_graph(outputs, {t: tb}, new_tensor_dims=["b"]),
-        replace_vectorize_graph(outputs, {d: db}),
+        graph_replace.vectorize_graph(outputs, {d: db}),
         gradient.jacobian(grads[1].rename(a="i"), d, vectorize=True),
         gradient.jacobian(grads[1].rename(a="i"), d, vectorize=False),
     ]
@@ -381,8 +423,8 @@ def test_batching_plain_data_of_a_gradient_wrt_a_plain_tensor():
     g = pt.grad(cost, w)
     [ref] = reference_grad(cost, [w])
     Xb, yb = pt.matrix("Xb", shape=(5, 3)), pt.vector("yb", shape=(5,))
-    gb = replace_vectorize_graph(g, {xi: Xb, yi: yb})
-    refb = replace_vectorize_graph(ref, {xi: Xb, yi: yb})
+    gb = graph_replace.vectorize_graph(g, {xi: Xb, yi: yb})
+    refb = graph_replace.vectorize_graph(ref, {xi: Xb, yi: yb})
     assert gb.type == refb.type
     rng = np.random.default_rng(0)
     W, X, Y = rng.normal(size=3), rng.normal(size=(5, 3)), rng.normal(size=5)
