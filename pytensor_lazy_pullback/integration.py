@@ -126,7 +126,8 @@ def _overrides() -> list[tuple[object, str, Callable]]:
     from pytensor.xtensor.basic import Rename, XOp, XTypeCastOp
     from pytensor.xtensor.type import XTensorType
 
-    from pytensor_lazy_pullback import xtensor, xtensor_transforms
+    from pytensor_lazy_pullback import xtensor
+    from pytensor_lazy_pullback.rewriting import expand_lazy_pullbacks_below
     from pytensor_lazy_pullback.xtensor_gradient import jacobian as xtensor_jacobian
 
     def family_jacobian(expression, *args):
@@ -141,7 +142,7 @@ def _overrides() -> list[tuple[object, str, Callable]]:
 
     def vectorize_graph(outputs, replace, *, new_tensor_dims=()):
         return original_vectorize_graph(
-            xtensor_transforms.expand_lazy_pullbacks_first(outputs, replace),
+            expand_lazy_pullbacks_below(outputs, list(replace)),
             replace,
             new_tensor_dims=new_tensor_dims,
         )

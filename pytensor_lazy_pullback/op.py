@@ -529,13 +529,21 @@ def _pushforward_by_pullbacks(outputs, inputs, tangents, disconnected_outputs, r
     pullback's cotangents are final (known_grads), so an output that is an
     ancestor of another (or the same variable twice, as the cotangents of
     ``x`` and ``y`` in ``x + y``) would lose the other's contribution.
+    A variable of `inputs` computed from others is held constant in the
+    first pullback, so its given tangent is its tangent, as in the direct
+    walk (`_lazy_pushforward`): ``sum_j (d f / d wrt[j]) tangents[j]`` with
+    the ``wrt`` as independent variables.
     """
     seeds = [gradient._float_zeros_like(out) for out in outputs]
+    computed = [var for var in inputs if var.owner is not None]
     input_cotangents = gradient.pullback(
         [view_op(out) for out in outputs],
         inputs,
         seeds,
-        disconnected_inputs=disconnected_outputs,
+        consider_constant=computed,
+        # held constant, an input reached only through another is no longer
+        # connected to the outputs, though its tangent reaches them
+        disconnected_inputs="ignore" if computed else disconnected_outputs,
         return_disconnected="zero",
     )
     return gradient.pullback(
@@ -662,48 +670,54 @@ def _vectorize_lazy_region_op(op, node, *batched_inputs):
 
 
 def vectorize_lazy_derivatives(outputs, replace):
-    """``vectorize_graph`` of a lazy derivative's graph, by its family's vectorizer.
+    """``vectorize_graph`` of a graph holding lazy derivatives.
 
     Called at the start of :func:`pytensor.graph.replace.vectorize_graph`;
-    returns ``None`` where that applies unchanged.  Outside its lazy Ops, a
-    derivative's graph holds the family's conversions of the forward values
-    the lazy Ops read (``x.values.shape``, say) and the conversions' own
-    pullbacks.  The reference (lower first, then ``grad``) holds neither, so
-    it batches a plain tensor input where PyTensor refuses to batch those
-    conversions: they need a name for the new dim.  When every result that
-    depends on a batched input is an ordinary variable, that name never
-    leaves the graph, so the family's vectorizer picks one, as inside an
-    expanded lazy Op (see `_vectorize_lazy_region_op`).  Other graphs (a
-    forward graph, a labelled gradient) are left to PyTensor, refusal
-    included.
+    returns ``None`` where that applies unchanged: no lazy derivative lies
+    between the replaced variables and `outputs`, or a labelled result would
+    get a new dim that nothing names (each lazy node is then batched by its
+    expansion, see `_vectorize_lazy_region_op`, and PyTensor refuses the
+    rest as it does).  Otherwise the lazy derivatives are expanded first, as
+    the xtensor ``vectorize_graph`` does, so what the reference (lower first,
+    then ``grad``) does not depend on, ours does not either.  Outside them a
+    derivative still holds the family's conversions of the forward values
+    they read (``x.values.shape``, say) and the conversions' own pullbacks,
+    which PyTensor refuses to batch along a plain tensor's new axis: it has
+    no name for the new dim.  The family's vectorizer batches those, with the
+    names of the batched labelled inputs' new dims, or names that stay inside
+    the graph.
     """
+    from pytensor_lazy_pullback.rewriting import expand_lazy_pullbacks_below
+
     keys = list(replace)
-    batched = {
-        old
-        for old, new in replace.items()
-        if (getattr(new.type, "ndim", None) or 0) > (getattr(old.type, "ndim", None) or 0)
-    }
+    as_list = isinstance(outputs, Sequence)
+    outputs = list(outputs) if as_list else [outputs]
+    if not any(isinstance(node.op, LazyRegionOp) for node in toposort(outputs, blockers=keys)):
+        return None
+    expanded = expand_lazy_pullbacks_below(outputs, keys)
+    named: set[str] = set()
+    unnamed_axes = 0
+    for old, new in replace.items():
+        added = (getattr(new.type, "ndim", None) or 0) - (getattr(old.type, "ndim", None) or 0)
+        if family_of(new.type) is not None:
+            named.update(set(new.type.dims) - set(getattr(old.type, "dims", ())))
+        else:
+            unnamed_axes = max(unnamed_axes, added)
+    batched = {old for old, new in replace.items() if new is not old}
+    depends, needs_a_name = set(batched), False
+    for node in toposort(expanded, blockers=keys):
+        if any(inp in depends for inp in node.inputs):
+            depends.update(node.outputs)
+            needs_a_name |= family_of(node.op) is not None
+    if unnamed_axes > len(named) and any(
+        out in depends and family_of(out.type) is not None for out in expanded
+    ):
+        return None
     vectorize = next(
         (family.vectorize for family in families() if family.vectorize is not None), None
     )
-    if not batched or vectorize is None:
-        return None
-    as_list = isinstance(outputs, Sequence)
-    outputs = list(outputs) if as_list else [outputs]
-    nodes = list(toposort(outputs, blockers=keys))
-    if not any(isinstance(node.op, LazyRegionOp) for node in nodes):
-        return None
-    depends = set(batched)
-    needs_a_name = False
-    for node in nodes:
-        if any(inp in depends for inp in node.inputs):
-            depends.update(node.outputs)
-            needs_a_name |= family_of(node.op) is not None and not isinstance(
-                node.op, LazyRegionOp
-            )
-    if not needs_a_name or any(
-        out in depends and family_of(out.type) is not None for out in outputs
-    ):
-        return None
-    vectorized = vectorize(outputs, dict(replace))
+    if needs_a_name and vectorize is not None:
+        vectorized = vectorize(expanded, dict(replace))
+    else:
+        vectorized = vectorize_graph(expanded, replace)
     return vectorized if as_list else vectorized[0]

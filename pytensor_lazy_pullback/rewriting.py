@@ -58,6 +58,7 @@ __all__ = [
     "expand_inner_graphs",
     "expand_lazy_pullback",
     "expand_lazy_pullbacks",
+    "expand_lazy_pullbacks_below",
     "graph_wide",
     "lower_graph",
     "lowered_cotangent_dtypes",
@@ -704,6 +705,35 @@ def expand_lazy_pullbacks(
         _expand_all(fgraph)
     MergeOptimizer().rewrite(fgraph)
     return fgraph.outputs[0] if single else list(fgraph.outputs)
+
+
+def expand_lazy_pullbacks_below(
+    outputs: Variable | Sequence[Variable], blockers: Sequence[Variable] = ()
+) -> Variable | list[Variable]:
+    """`outputs` with each lazy derivative between `blockers` and them expanded.
+
+    For the vectorizers: unlike :func:`expand_lazy_pullbacks`, nothing that
+    does not depend on a lazy derivative is copied, so the forward graph
+    keeps its own variables and a replacement keyed on them still applies;
+    nothing above a blocker is looked at.  The given graph is not modified.
+    """
+    single = isinstance(outputs, Variable)
+    new: dict[Variable, Variable] = {}
+    for node in toposort([outputs] if single else list(outputs), blockers=blockers):
+        inputs = [new.get(inp, inp) for inp in node.inputs]
+        changed = any(a is not b for a, b in zip(inputs, node.inputs, strict=True))
+        rebuilt = node.clone_with_new_inputs(inputs, strict=False) if changed else node
+        if isinstance(node.op, LazyRegionOp):
+            expansion = expand_lazy_pullback.transform(None, rebuilt)
+            new.update(
+                (out, expansion[new_out])
+                for out, new_out in zip(node.outputs, rebuilt.outputs, strict=True)
+            )
+        elif changed:
+            new.update(zip(node.outputs, rebuilt.outputs, strict=True))
+    if single:
+        return new.get(outputs, outputs)
+    return [new.get(out, out) for out in outputs]
 
 
 def _expand_all(fgraph: FunctionGraph) -> None:

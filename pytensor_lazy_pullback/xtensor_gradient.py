@@ -29,7 +29,8 @@ from pytensor.tensor.extra_ops import broadcast_to
 from pytensor.xtensor.type import XTensorType, as_xtensor
 from pytensor.xtensor.vectorization import vectorize_graph as vectorize_xtensor_graph
 
-from pytensor_lazy_pullback.xtensor_transforms import _fresh_dim, expand_lazy_pullbacks_first
+from pytensor_lazy_pullback.rewriting import expand_lazy_pullbacks_below
+from pytensor_lazy_pullback.xtensor_transforms import _fresh_dim
 
 __all__ = ["grad", "jacobian", "pullback", "pushforward"]
 
@@ -262,7 +263,7 @@ def _rows_vectorized(expression, wrt, grad_kwargs) -> list[Variable]:
         (n_rows, *tuple(expression.values.shape))
     )
     batched = as_xtensor(identity, dims=(row_dim, *expression.type.dims))
-    rows = vectorize_xtensor_graph(expand_lazy_pullbacks_first(single, {}), {cotangent: batched})
+    rows = vectorize_xtensor_graph(expand_lazy_pullbacks_below(single), {cotangent: batched})
     # A row that does not depend on the cotangent (a disconnected input) is
     # not batched: repeat it.
     return [

@@ -1,74 +1,26 @@
 """Vectorization of lazy gradients of xtensor graphs.
 
 Upstream home: ``pytensor/xtensor/vectorization_lazy.py`` (the lazy extension
-of ``vectorization.py``, as ``gradient_lazy.py`` is of ``gradient.py``),
-called at the start of ``vectorize_graph`` (``pytensor/xtensor/vectorization.py``);
-:func:`vectorize_expansion` is the xtensor family's vectorizer.
+of ``vectorization.py``, as ``gradient_lazy.py`` is of ``gradient.py``).
+:func:`vectorize_expansion` is the xtensor family's vectorizer: PyTensor's
+``vectorize_graph`` calls it for an expanded lazy derivative, or a graph of
+them, that holds conversions from batched tensors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from itertools import count
 
 from pytensor.graph.basic import Variable
-from pytensor.graph.traversal import ancestors, toposort
+from pytensor.graph.traversal import ancestors
 from pytensor.graph.replace import vectorize_graph as vectorize_tensor_graph
 from pytensor.tensor.type import TensorType
 from pytensor.xtensor.type import XTensorType
 from pytensor.xtensor.vectorization import vectorize_graph as vectorize_xtensor_graph
 
-from pytensor_lazy_pullback.op import LazyPullback
-from pytensor_lazy_pullback.rewriting import expand_lazy_pullback
-
-__all__ = [
-    "expand_lazy_pullbacks_first",
-    "vectorize_expansion",
-]
+__all__ = ["vectorize_expansion"]
 
 _UNNAMED_DIM = "__unnamed_batch_dim_{}__"
-
-
-def expand_lazy_pullbacks_first(
-    outputs: Variable | Sequence[Variable], replace: Mapping[Variable, Variable]
-):
-    """`outputs` with every `LazyPullback` below the keys of `replace` expanded.
-
-    Called at the start of ``pytensor.xtensor.vectorization.vectorize_graph``:
-    a `LazyPullback` that only sees plain tensors batched could not name the
-    new dim, its expansion can be batched like any xtensor graph.  Returns a
-    list if `outputs` is a sequence.  The keys of `replace` are kept (nothing
-    above them is expanded), so the replacement still applies.
-    """
-    keys = list(replace)
-    if isinstance(outputs, Sequence):
-        return _expanded_below(list(outputs), keys)
-    [expanded] = _expanded_below([outputs], keys)
-    return expanded
-
-
-def _expanded_below(
-    outputs: Sequence[Variable], blockers: Sequence[Variable] = ()
-) -> list[Variable]:
-    """`outputs` with every `LazyPullback` between `blockers` and them expanded.
-
-    Unlike :func:`~pytensor_lazy_pullback.expand_lazy_pullbacks`, nothing is
-    cloned that does not depend on a `LazyPullback`: the forward graph keeps
-    its own variables, so a replacement keyed on them (as in
-    ``vectorize_graph``) still applies.  Nothing above a blocker is looked at.
-    The given graph is not modified.
-    """
-    new: dict[Variable, Variable] = {}
-    for node in toposort(outputs, blockers=blockers):
-        inputs = [new.get(inp, inp) for inp in node.inputs]
-        changed = any(a is not b for a, b in zip(inputs, node.inputs, strict=True))
-        rebuilt = node.clone_with_new_inputs(inputs, strict=False) if changed else node
-        if isinstance(node.op, LazyPullback):
-            expansion = expand_lazy_pullback.transform(None, rebuilt)
-            new.update((out, expansion[new_out]) for out, new_out in zip(node.outputs, rebuilt.outputs))
-        elif changed:
-            new.update(zip(node.outputs, rebuilt.outputs, strict=True))
-    return [new.get(out, out) for out in outputs]
 
 
 def vectorize_expansion(

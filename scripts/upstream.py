@@ -529,9 +529,9 @@ def xtensor_edits(src: Path) -> list[SourceFile]:
         vectorization,
         func,
         """\
-        from pytensor.xtensor.vectorization_lazy import expand_lazy_pullbacks_first
+        from pytensor.tensor.rewriting.lazy_pullback import expand_lazy_pullbacks_below
 
-        outputs = expand_lazy_pullbacks_first(outputs, replace)
+        outputs = expand_lazy_pullbacks_below(outputs, list(replace))
         """,
     )
     replace = SourceFile.read(src, "pytensor/graph/replace.py")

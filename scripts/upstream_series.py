@@ -518,6 +518,7 @@ batch dims of its conversions are known.
             f"{GRADIENT}:jacobian",
             "pytensor/xtensor/vectorization.py:vectorize_graph",
             "op:vectorize_lazy_derivatives",
+            "rewriting:expand_lazy_pullbacks_below",
             "pytensor/graph/replace.py:vectorize_graph",
             "test_jacobian.py",
             "test_vectorize.py",

@@ -16,6 +16,7 @@ import pytest
 from pytensor_lazy_pullback import LazyPushforward
 from pytensor_lazy_pullback.unlowered import LazyRegionOp
 from helpers import (
+    MODE,
     assert_same_gradients,
     central_differences,
     lazy_nodes,
@@ -223,3 +224,26 @@ def test_pushforward_of_a_wrt_variable_computed_from_another(use_op_pushforward)
     )
     values = [np.array([0.3, -0.7, 1.1]), np.array([1.0, -2.0, 0.5]), np.array([2.0, 0.5, -1.0])]
     assert_same_gradients(ours, reference, [w, tw, tv], values)
+
+
+@pytest.mark.parametrize("use_op_pushforward", [False, True])
+def test_pushforward_of_a_labelled_wrt_computed_from_another_by_a_conversion(
+    use_op_pushforward,
+):
+    """Regression: through conversions and plain Ops only (a rename), the pullback-of-pullback
+    form gave ``y = x.rename(a="d")`` the tangent of ``x`` added to its own;
+    the wrt are independent variables, in both forms (and as in the
+    reference: the direct walk, lower first)."""
+    x = px.xtensor("x", dims=("a",), shape=(3,))
+    y = x.rename(a="d")
+    out = pt.sin(y.values)
+    tx = px.xtensor("tx", dims=("a",), shape=(3,))
+    ty = px.xtensor("ty", dims=("d",), shape=(3,))
+    ours = gradient.pushforward(
+        [y, out], [x, y], [tx, ty], use_op_pushforward=use_op_pushforward
+    )
+    values = [np.array([0.3, -0.7, 1.1]), np.array([1.0, -2.0, 0.5]), np.array([2.0, 0.5, -1.0])]
+    fn = pytensor.function([x, tx, ty], ours, mode=MODE, on_unused_input="ignore")
+    got_y, got_out = fn(*values)
+    np.testing.assert_allclose(got_y, values[2])
+    np.testing.assert_allclose(got_out, np.cos(values[0]) * values[2])
