@@ -61,6 +61,8 @@ import pytensor.xtensor.vectorization as xtensor_vectorization
 from pytensor.graph.traversal import ancestors
 from pytensor.xtensor.type import XTensorType
 
+from pytensor_lazy_pullback import integration_disabled
+
 from helpers import (
     MODE,
     assert_graph_unchanged,
@@ -699,9 +701,124 @@ def check_program(source: str, seed: int = 0) -> str:
     outcome = "non-zero gradient" if any(np.any(w) for w in want[: len(ours)]) else "all gradients zero"
     if not all(np.all(np.isfinite(w)) for w in want):
         outcome = "non-finite reference"
+    outcome += "; " + check_pushforward(outs, wrt, inputs, values)
     if "vectorize" in ns:
         outcome += "; " + check_vectorized(ns, ours, refs, inputs, values, fn, rtol)
     return outcome
+
+
+def tangent_of(var):
+    """A tangent for `var`, of its type and dims, that is not constant."""
+    return (pxm.cos if isinstance(var.type, XTensorType) else pt.cos)(var * 1.3) + 0.5
+
+
+def reference_pushforward(outs, wrt, tangents, use_op_pushforward: bool):
+    """``pushforward`` of the lowered program, by PyTensor's own machinery alone.
+
+    Each interior ``wrt`` becomes a fresh input first (so lowering keeps it, and
+    it keeps its given tangent), labelled ones as ``as_xtensor`` of a plain
+    input; the outputs are taken ``.values``, so the lowered graph holds no
+    xtensor Op at all and the integration is off.  With
+    ``use_op_pushforward=False`` it is the sum of one pushforward per ``wrt``
+    (the JVP is linear in the tangents): PyTensor 3.3's pullback-of-pullback
+    keeps one cotangent of two ``wrt`` whose pullbacks are the same variable
+    (``exp(x + y)`` along ``(1, 1)`` gives half the JVP), a bug of its own.
+    """
+    fresh, plain_wrt, plain_tangents = {}, [], []
+    for w, tangent in zip(wrt, tangents, strict=True):
+        if isinstance(w.type, XTensorType):
+            plain = pt.tensor(name=w.name, dtype=w.type.dtype, shape=w.type.shape)
+            fresh[w] = px.as_xtensor(plain, dims=w.type.dims)
+            plain_tangents.append(tangent.values)
+        else:
+            plain = w.type(name=w.name) if w.owner is not None else w
+            if plain is not w:
+                fresh[w] = plain
+            plain_tangents.append(tangent)
+        plain_wrt.append(plain)
+    values = [o.values if isinstance(o.type, XTensorType) else o for o in outs]
+    lowered = lower(graph_replace.clone_replace(values, replace=fresh) if fresh else values)
+    if use_op_pushforward:
+        # The lowered graph still converts labelled constants (``0.1 * x``):
+        # the integration gives those conversions the pushforward they lack.
+        jvp = pytensor.gradient.pushforward(
+            lowered, plain_wrt, plain_tangents, disconnected_outputs="ignore",
+            use_op_pushforward=True,
+        )
+    else:
+        with integration_disabled():
+            terms = [
+                pytensor.gradient.pushforward(lowered, [w], [t], disconnected_outputs="ignore")
+                for w, t in zip(plain_wrt, plain_tangents, strict=True)
+            ]
+            jvp = [sum(column) for column in zip(*terms, strict=True)]
+    back = {
+        plain: w.values if isinstance(w.type, XTensorType) else w
+        for w, plain in zip(wrt, plain_wrt, strict=True)
+        if plain is not w
+    }
+    return graph_replace.clone_replace(jvp, replace=back) if back else jvp
+
+
+def ours_pushforward(outs, wrt, tangents, use_op_pushforward: bool):
+    return pytensor.gradient.pushforward(
+        outs, wrt, tangents, disconnected_outputs="ignore",
+        use_op_pushforward=use_op_pushforward,
+    )
+
+
+def check_pushforward(outs, wrt, inputs, values) -> str:
+    """``pushforward`` of the float outputs, along a tangent of each float ``wrt``,
+    equals `reference_pushforward`'s, for both ``use_op_pushforward`` values.
+
+    ``wrt`` may reach a region by several paths (directly and through ``.values``
+    and plain tensor Ops).  Where the reference raises (an Op without
+    ``pushforward`` under ``use_op_pushforward=True``), ours raises the same
+    exception type, when built or at the latest when compiled.
+    """
+    f_outs = [o for o in outs if not is_discrete(o.type.dtype)]
+    f_wrt = [w for w in wrt if not is_discrete(w.type.dtype)]
+    if not f_outs or not f_wrt:
+        return "pushforward: no float output or wrt"
+    tangents = [tangent_of(w) for w in f_wrt]
+    outcomes = []
+    for use_op in (False, True):
+        what = f"pushforward(use_op_pushforward={use_op})"
+        ref_fn = ref_exc = None
+        try:
+            refs = reference_pushforward(f_outs, f_wrt, tangents, use_op)
+        except Exception as exc:  # noqa: BLE001 -- compared with ours below
+            ref_exc = exc
+        else:
+            ref_fn, ref_exc, _ = compile_fn(inputs, refs)
+        with rewrite_failures() as logged:
+            try:
+                ours = ours_pushforward(f_outs, f_wrt, tangents, use_op)
+                ours_exc = None
+            except Exception as exc:  # noqa: BLE001
+                ours_exc = exc
+        assert_no_logged_failure(logged, what)
+        if ours_exc is None:
+            for j, o in zip(ours, f_outs, strict=True):
+                assert type(j.type) is type(o.type), (what, j.type, o.type)
+                if isinstance(o.type, XTensorType):
+                    assert j.type.dims == o.type.dims, (what, j.type, o.type)
+            fn, ours_exc, logged = compile_fn(inputs, ours)
+            assert_no_logged_failure(logged, f"compiling {what}")
+        if ref_exc is not None:
+            if ours_exc is None:
+                outcomes.append(f"{use_op}: reference raises {type(ref_exc).__name__}, ours works")
+                continue
+            same_failure(ours_exc, ref_exc, what)
+            outcomes.append(f"{use_op}: both raise {type(ref_exc).__name__}")
+            continue
+        if ours_exc is not None:
+            raise AssertionError(f"{what}: the reference works, ours raises") from ours_exc
+        rtol = RTOL_FLOAT32 if any(o.type.dtype == "float32" for o in f_outs) else RTOL
+        for got, want, o in zip(fn(*values), ref_fn(*values), f_outs, strict=True):
+            assert_close(got, want, f"{what} of {o}", rtol)
+        outcomes.append(f"{use_op}: ok")
+    return "pushforward " + ", ".join(outcomes)
 
 
 def vectorize(how: str, outputs, replace):
@@ -884,7 +1001,7 @@ def test_check_program_catches_a_wrong_gradient(monkeypatch):
         "inputs = [t1]",
         "nodes = [x2, x3, x4]",
     ])
-    assert check_program(source) == "non-zero gradient"  # the real reference agrees
+    assert check_program(source).startswith("non-zero gradient")  # the real reference agrees
     monkeypatch.setitem(globals(), "reference_grad", doubled)
     with pytest.raises(AssertionError, match="Not equal to tolerance"):
         check_program(source)
@@ -909,6 +1026,51 @@ def test_regression_wrt_on_both_sides_of_a_rename():
     now a conversion with a working pullback.
     """
     check_program(RENAME_BETWEEN_TWO_WRT)
+
+
+INTERIOR_WRT_PUSHFORWARD = "\n".join([
+    "x1 = px.xtensor('x1', dims=('a',), shape=(1,))",
+    "x2 = pxm.exp(0.1 * x1)",
+    "x3 = x1 + x2",
+    "x4 = pxm.exp(0.1 * x3)",
+    "outs = [x4]",
+    "wrt = [x1, x2]",
+    "inputs = [x1]",
+    "nodes = [x1, x2, x3, x4]",
+    "values = [np.array([1.1369616873214543])]",
+])
+
+
+def test_regression_pushforward_with_a_wrt_computed_from_another():
+    """Found by the pushforward check, with ours right and the first reference wrong.
+
+    PyTensor 3.3's default ``pushforward`` (a pullback of a pullback) keeps one
+    of the cotangents of two ``wrt`` whose pullbacks are the same variable
+    (through ``x1 + x2``), and gave half the JVP; `reference_pushforward` sums
+    one pushforward per ``wrt`` instead.
+    """
+    assert "pushforward False: ok, True: ok" in check_program(INTERIOR_WRT_PUSHFORWARD)
+
+
+def test_pushforward_check_is_not_vacuous(monkeypatch):
+    """A JVP that loses a path (as the labelled ``sin(x) + exp(x.values)`` once did) fails."""
+    source = "\n".join([
+        "x = px.xtensor('x', dims=('a',), shape=(3,))",
+        "y = pxm.sin(x) + px.as_xtensor(pt.exp(x.values), dims=('a',))",
+        "outs = [y]",
+        "wrt = [x]",
+        "inputs = [x]",
+        "nodes = [x, y]",
+    ])
+    assert "pushforward False: ok, True: ok" in check_program(source)
+    real = ours_pushforward
+
+    def halved(*args):
+        return [0.5 * j for j in real(*args)]
+
+    monkeypatch.setitem(globals(), "ours_pushforward", halved)
+    with pytest.raises(AssertionError, match="Not equal to tolerance"):
+        check_program(source)
 
 
 def test_snapshot_detects_a_mutation():
