@@ -692,6 +692,8 @@ def vectorize_lazy_derivatives(outputs, replace):
     keys = list(replace)
     as_list = isinstance(outputs, Sequence)
     outputs = list(outputs) if as_list else [outputs]
+    if not all(isinstance(var, Variable) for var in [*outputs, *keys, *replace.values()]):
+        return None  # PyTensor's own error
     if not any(isinstance(node.op, LazyRegionOp) for node in toposort(outputs, blockers=keys)):
         return None
     expanded = expand_lazy_pullbacks_below(outputs, keys)

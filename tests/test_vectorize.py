@@ -432,3 +432,12 @@ def test_batching_plain_data_of_a_gradient_wrt_a_plain_tensor():
     np.testing.assert_allclose(got, want, rtol=1e-12)
     single = pytensor.function([w, xi, yi], g)
     np.testing.assert_allclose(got, np.stack([single(W, X[i], Y[i]) for i in range(5)]))
+
+
+def test_pytensors_own_errors_of_vectorize_graph_are_kept():
+    """The lazy-derivative check comes first in ``vectorize_graph``: it leaves bad
+    arguments to PyTensor's own error (PyTensor's ``test_non_variable_raises``)."""
+    x, y = pt.scalar("x", dtype=int), pt.scalar("y", dtype=int)
+    out = pt.zeros((x, y))
+    with pytest.raises(ValueError, match="Some of the replaced items are not Variables"):
+        graph_replace.vectorize_graph(out, {(x, y): ((x, y), (x, y))})
