@@ -385,7 +385,9 @@ def _lazy_pushforward(
 
     for node in _collapsed_toposort(outputs, inputs, consumers, region_of):
         if isinstance(node, Region):
-            results = _region_pushforward(node, tangent, use_op_pushforward)
+            results = _region_pushforward(node, tangent, use_op_pushforward, given)
+        elif all(out in given for out in node.outputs):
+            continue  # its tangents are given: its own pushforward is not needed
         else:
             node_tangents = [
                 t if isinstance(t.type, DisconnectedType) else gradient._match_tangent_dtype(x, t)
@@ -450,26 +452,36 @@ def _collapsed_toposort(outputs, inputs, consumers, region_of) -> list:
     return list(walk_toposort(roots, deps))
 
 
-def _region_pushforward(region: Region, tangent, use_op_pushforward: bool) -> list:
-    """The tangents of `region`'s outputs: one `LazyPushforward`, or disconnected."""
+def _region_pushforward(region: Region, tangent, use_op_pushforward: bool, given) -> list:
+    """The tangents of `region`'s outputs: one `LazyPushforward`, or disconnected.
+
+    An output whose tangent is `given` (a ``wrt`` variable) is left out of
+    the `LazyPushforward`, so the Ops that only compute it need no pushforward.
+    """
     pattern = region.connection_pattern()
     live = [
         i
         for i, inp in enumerate(region.inputs)
         if region.differentiable[i] and not isinstance(tangent(inp).type, DisconnectedType)
     ]
-    connected = [any(pattern[i][j] for i in live) for j in range(len(region.outputs))]
-    if not any(connected):
-        return [disconnected_type() for _ in region.outputs]
+    wanted = [
+        j
+        for j, out in enumerate(region.outputs)
+        if out not in given and any(pattern[i][j] for i in live)
+    ]
+    results = [disconnected_type() for _ in region.outputs]
+    if not wanted:
+        return results
     op = LazyPushforward.from_graph(
-        region.inputs, region.outputs, live, use_op_pushforward=use_op_pushforward
+        region.inputs,
+        [region.outputs[j] for j in wanted],
+        live,
+        use_op_pushforward=use_op_pushforward,
     )
     tangents = [_broadcast_tangent(region.inputs[i], tangent(region.inputs[i])) for i in live]
-    results = op(*region.inputs, *tangents, return_list=True)
-    return [
-        t if is_connected else disconnected_type()
-        for t, is_connected in zip(results, connected, strict=True)
-    ]
+    for j, result in zip(wanted, op(*region.inputs, *tangents, return_list=True), strict=True):
+        results[j] = result
+    return results
 
 
 def _broadcast_tangent(var: Variable, tangent: Variable) -> Variable:

@@ -719,10 +719,13 @@ def reference_pushforward(outs, wrt, tangents, use_op_pushforward: bool):
     it keeps its given tangent), labelled ones as ``as_xtensor`` of a plain
     input; the outputs are taken ``.values``, so the lowered graph holds no
     xtensor Op at all and the integration is off.  With
-    ``use_op_pushforward=False`` it is the sum of one pushforward per ``wrt``
-    (the JVP is linear in the tangents): PyTensor 3.3's pullback-of-pullback
-    keeps one cotangent of two ``wrt`` whose pullbacks are the same variable
-    (``exp(x + y)`` along ``(1, 1)`` gives half the JVP), a bug of its own.
+    ``use_op_pushforward=False`` it is built one output and one ``wrt`` at a
+    time, the JVP summed over the ``wrt`` (it is linear in the tangents):
+    PyTensor 3.3's pullback-of-pullback treats the cotangents it is given as
+    final, so it drops one of two ``wrt`` whose pullbacks are the same
+    variable (``exp(x + y)`` along ``(1, 1)`` gives half the JVP) and the part
+    of an output that is an ancestor of another (``[t, exp(t)]`` gives ``exp``
+    a zero tangent), bugs of its own.
     """
     fresh, plain_wrt, plain_tangents = {}, [], []
     for w, tangent in zip(wrt, tangents, strict=True):
@@ -747,11 +750,13 @@ def reference_pushforward(outs, wrt, tangents, use_op_pushforward: bool):
         )
     else:
         with integration_disabled():
-            terms = [
-                pytensor.gradient.pushforward(lowered, [w], [t], disconnected_outputs="ignore")
-                for w, t in zip(plain_wrt, plain_tangents, strict=True)
+            jvp = [
+                sum(
+                    pytensor.gradient.pushforward(out, w, t, disconnected_outputs="ignore")
+                    for w, t in zip(plain_wrt, plain_tangents, strict=True)
+                )
+                for out in lowered
             ]
-            jvp = [sum(column) for column in zip(*terms, strict=True)]
     back = {
         plain: w.values if isinstance(w.type, XTensorType) else w
         for w, plain in zip(wrt, plain_wrt, strict=True)

@@ -247,3 +247,23 @@ def test_pushforward_of_a_labelled_wrt_computed_from_another_by_a_conversion(
     got_y, got_out = fn(*values)
     np.testing.assert_allclose(got_y, values[2])
     np.testing.assert_allclose(got_out, np.cos(values[0]) * values[2])
+
+
+def test_pushforward_needs_no_pushforward_of_an_op_whose_output_is_a_wrt():
+    """Regression (the fuzzer): ``Cumprod`` has no ``pushforward``; with its result
+    among ``wrt`` (its tangent given), ``use_op_pushforward=True`` raised while
+    expanding the region, where the reference, with that ``wrt`` an input,
+    never meets it."""
+    t = pt.vector("t", shape=(3,))
+    x = px.as_xtensor(t, dims=("b",))
+    renamed, cumprod = x.rename(b="c"), x.cumprod("b")
+    tt = pt.vector("tt", shape=(3,))
+    tc = px.xtensor("tc", dims=("b",), shape=(3,))
+    ours = gradient.pushforward(
+        [renamed, cumprod], [cumprod, t], [tc, tt], use_op_pushforward=True
+    )
+    values = [np.array([0.3, -0.7, 1.1]), np.array([1.0, -2.0, 0.5]), np.array([2.0, 0.5, -1.0])]
+    fn = pytensor.function([t, tt, tc], ours, mode=MODE, on_unused_input="ignore")
+    got_renamed, got_cumprod = fn(*values)
+    np.testing.assert_array_equal(got_renamed, values[1])
+    np.testing.assert_array_equal(got_cumprod, values[2])
