@@ -51,6 +51,7 @@ __all__ = [
     "lazy_ones_like",
     "lazy_zeros_like",
     "populate_var_to_app_to_idx",
+    "pushforward_by_pullbacks",
     "pushforward_through_regions",
     "vectorize_lazy_derivatives",
 ]
@@ -526,14 +527,14 @@ def family_pushforward(
             outputs, inputs, aligned, disconnected_outputs, return_disconnected, use_op_pushforward
         )
     else:  # a lowered (e.g. expanded) graph of XTensorVariables, differentiated as asked
-        result = _pushforward_by_pullbacks(
+        result = pushforward_by_pullbacks(
             outputs, inputs, aligned, disconnected_outputs, return_disconnected
         )
     return gradient.as_list_or_tuple(isinstance(f, list), isinstance(f, tuple), result)
 
 
-def _pushforward_by_pullbacks(outputs, inputs, tangents, disconnected_outputs, return_disconnected):
-    """The pushforward as the pullback of a pullback, for arguments of an un-lowered family.
+def pushforward_by_pullbacks(outputs, inputs, tangents, disconnected_outputs, return_disconnected):
+    """The pushforward as the pullback of a pullback.
 
     Like PyTensor's ``pushforward_through_pullback``, with seeds of each
     output's own kind (xtensor zeros for an xtensor output) and each output

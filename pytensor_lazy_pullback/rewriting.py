@@ -42,7 +42,12 @@ from pytensor.tensor.einsum import Einsum
 from pytensor.tensor.rewriting.einsum import inline_optimized_einsum
 from pytensor.tensor.type import float_dtypes
 
-from pytensor_lazy_pullback.op import LazyPullback, LazyPushforward, lazy_zeros_like
+from pytensor_lazy_pullback.op import (
+    LazyPullback,
+    LazyPushforward,
+    lazy_zeros_like,
+    pushforward_by_pullbacks,
+)
 from pytensor_lazy_pullback.unlowered import (
     LazyRegionOp,
     families,
@@ -120,7 +125,7 @@ def _lowered_pushforward(node: Apply) -> list[Variable]:
     """The pushforward of a `LazyPushforward`'s lowered region, on the node's inputs.
 
     Built as the reference builds it once lowered: from each lowered Op's own
-    ``pushforward``, or as a pullback of a pullback (``use_op_pushforward``).
+    ``pushforward`` (``use_op_pushforward``), or as a pullback of a pullback.
     """
     op: LazyPushforward = node.op
     inner = op.fgraph.unfreeze()
@@ -128,14 +133,24 @@ def _lowered_pushforward(node: Apply) -> list[Variable]:
     _inline_einsums(inner)
     n_in = len(inner.inputs)
     fresh_tangents = [tangent.type() for tangent in node.inputs[n_in:]]
-    tangents = gradient.pushforward(
-        list(inner.outputs),
-        [inner.inputs[i] for i in op.wrt],
-        fresh_tangents,
-        disconnected_outputs="ignore",
-        return_disconnected="disconnected",
-        use_op_pushforward=op.use_op_pushforward,
-    )
+    wrt = [inner.inputs[i] for i in op.wrt]
+    if op.use_op_pushforward:
+        tangents = gradient.pushforward(
+            list(inner.outputs),
+            wrt,
+            fresh_tangents,
+            disconnected_outputs="ignore",
+            return_disconnected="disconnected",
+            use_op_pushforward=True,
+        )
+    else:
+        # Not PyTensor's pushforward_through_pullback: it takes the seeds it is
+        # given as final, and a lowered region often outputs one of its inputs
+        # (``x.values`` of ``as_xtensor(v)`` is ``v``), an ancestor of its other
+        # outputs, whose tangent it would lose.
+        tangents = pushforward_by_pullbacks(
+            list(inner.outputs), wrt, fresh_tangents, "ignore", "disconnected"
+        )
     tangents = [
         _zeros_like(out) if isinstance(t.type, DisconnectedType) else t
         for out, t in zip(inner.outputs, tangents, strict=True)

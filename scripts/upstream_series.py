@@ -458,7 +458,7 @@ get a linear `pushforward`.
             "op:_region_pushforward",
             "op:_broadcast_tangent",
             "op:family_pushforward",
-            "op:_pushforward_by_pullbacks",
+            "op:pushforward_by_pullbacks",
             "op:_as_list",
             "rewriting:_lowered_pushforward",
             f"{GRADIENT}:_pushforward_direct",

@@ -267,3 +267,26 @@ def test_pushforward_needs_no_pushforward_of_an_op_whose_output_is_a_wrt():
     got_renamed, got_cumprod = fn(*values)
     np.testing.assert_array_equal(got_renamed, values[1])
     np.testing.assert_array_equal(got_cumprod, values[2])
+
+
+@pytest.mark.parametrize("use_op_pushforward", [False, True])
+def test_pushforward_of_a_region_that_outputs_its_input(use_op_pushforward):
+    """Regression (the fuzzer): lowered, the region of ``x = as_xtensor(v)``,
+    ``x.values`` and ``sin(x).values`` outputs its own input ``v``, an ancestor of
+    its other output; PyTensor's pullback of a pullback, which takes its seeds
+    as final, gave ``sin``'s output a zero tangent."""
+    v = pt.scalar("v")
+    x = px.as_xtensor(v, dims=())
+    outs = [
+        px.as_xtensor(pt.tanh(pxm.sin(x).values), dims=()),
+        pxm.exp(0.1 * px.as_xtensor(pt.tanh(x.values), dims=())),
+    ]
+    tv = pt.scalar("tv")
+    ours = gradient.pushforward(outs, v, tv, use_op_pushforward=use_op_pushforward)
+    fn = pytensor.function([v, tv], ours, mode=MODE)
+    value, tangent = 0.4, 1.7
+    want = [
+        (1 - np.tanh(np.sin(value)) ** 2) * np.cos(value) * tangent,
+        np.exp(0.1 * np.tanh(value)) * 0.1 * (1 - np.tanh(value) ** 2) * tangent,
+    ]
+    np.testing.assert_allclose(fn(value, tangent), want, rtol=1e-12)
