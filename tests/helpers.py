@@ -33,7 +33,7 @@ MODE = "FAST_COMPILE"
 """Mode of most value checks: cheapest to compile; other backends are covered
 by the mode matrix."""
 
-COUNT_MODE = Mode(linker="py", optimizer=get_mode("FAST_RUN").optimizer)
+COUNT_MODE = Mode(linker="py", optimizer=get_mode("NUMBA").optimizer)
 """FAST_RUN's rewrites without a JIT linker: for counting compiled apply nodes."""
 
 

@@ -1,11 +1,13 @@
-"""No regression in PyTensor itself: its own gradient suites pass with the add-on.
+"""No regression in PyTensor itself: its own suites pass with the add-on and patched.
 
 Runs ``scripts/pytensor_suites.py``, which takes the sdist of the installed
 pytensor from the package index (cached in ``$PYTENSOR_SUITES_CACHE`` or
 ``~/.cache/pytensor-lazy-pullback/sdists``), runs its ``tests/test_gradient.py``
 and ``tests/test_rop.py`` without and then with the add-on, and fails on any test
-that fails only with the add-on.  About a minute; deselect with
-``-m "not pytensor_suites"``.
+that fails only with the add-on (about a minute); and
+``scripts/pytensor_gate.py`` on PyTensor's repository suites (the archive in
+``../shared/pytensor-tests``), unpatched, with the add-on and on the patched
+tree.  Deselect with ``-m "not pytensor_suites"``.
 """
 
 import subprocess
@@ -18,13 +20,13 @@ SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 EXIT_UNREACHABLE = 3  # the checker scripts: sdist not cached, index unreachable
 
 
-def run_checker(name: str, timeout: int) -> str:
+def run_checker(name: str, timeout: int, args: tuple[str, ...] = ()) -> str:
     """Run ``scripts/<name>`` and return its output; skip if the index is unreachable.
 
     Fails, with the end of the output, if the script exits with another non-zero status.
     """
     proc = subprocess.run(
-        [sys.executable, str(SCRIPTS / name)],
+        [sys.executable, str(SCRIPTS / name), *args],
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,
@@ -37,7 +39,7 @@ def run_checker(name: str, timeout: int) -> str:
             (line for line in proc.stdout.splitlines() if line.startswith("SKIP:")),
             "the package index is unreachable and the sdists are not cached",
         )
-        pytest.skip(reason)
+        pytest.skip(reason.removeprefix("SKIP: "))
     assert proc.returncode == 0, (
         f"scripts/{name} exited {proc.returncode}:\n" + "\n".join(proc.stdout.splitlines()[-40:])
     )
@@ -47,3 +49,18 @@ def run_checker(name: str, timeout: int) -> str:
 @pytest.mark.pytensor_suites
 def test_pytensor_gradient_suites_pass_with_the_addon():
     assert "no regression" in run_checker("pytensor_suites.py", timeout=1800)
+
+
+GATE_SUITES = ("tests/xtensor", "tests/graph/test_replace.py")
+"""What CI runs of PyTensor's repository suites (``scripts/pytensor_gate.py`` runs
+more by default: the README's Upstream section says what CI leaves out)."""
+
+
+@pytest.mark.pytensor_suites
+def test_pytensors_xtensor_suites_pass_in_both_forms():
+    """PyTensor's ``tests/xtensor`` (with the patch's own tests there, in the patched
+    form) and ``tests/graph/test_replace.py``, from the root of PyTensor's repository
+    layout under its ``conftest.py``: no test fails with the add-on or on the patched
+    tree that passes on PyTensor alone."""
+    out = run_checker("pytensor_gate.py", timeout=2400, args=("--suites", *GATE_SUITES))
+    assert "no regression" in out
