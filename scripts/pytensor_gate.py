@@ -20,10 +20,17 @@ A test that fails (or errors) in a form but not unpatched is a regression; a
 test the patch adds must not fail.  Prints counts per form and every
 regression, and exits 1 if there is one.
 
+With ``--series``, the patch as the series of ``scripts/upstream_series.py``
+instead: each step is applied in turn (``git am``) to the same repository
+layout, must import (``pytensor``, ``pytensor.gradient``, ``pytensor.xtensor``),
+and the test files it adds or changes must pass there (``--steps`` limits
+which steps' tests run; every step is applied and imported regardless).
+
 Usage::
 
     python scripts/pytensor_gate.py [--suites PATH...] [--forms FORM...]
                                     [--archive FILE] [--keep] [-- PYTEST_ARGS...]
+    python scripts/pytensor_gate.py --series [--steps N...] [--archive FILE]
 
 Exit status: 0 no regression; 1 regressions; 2 the runner failed; 3 the
 archive or the sdist cannot be found (and the index cannot be reached).
@@ -48,6 +55,7 @@ sys.path.insert(0, str(SCRIPTS))
 
 import pytensor_suites  # noqa: E402  (sdists, junit parsing, comparison)
 import upstream  # noqa: E402  (the patch)
+import upstream_series  # noqa: E402  (the patch as a series)
 from pytensor_suites import RunnerError, log  # noqa: E402
 
 ARCHIVE_NAME = "pytensor-tests-rel-3.3.0.tar.gz"
@@ -110,10 +118,7 @@ def unpack_archive(archive: Path, dest: Path) -> Path:
 
 def patched_tree(sdist_tree: Path, layout: Path, dest: Path) -> Path:
     """The sdist's tree with the archive's tests, conftest and pyproject, the patch applied."""
-    shutil.copytree(sdist_tree, dest, ignore=shutil.ignore_patterns("__pycache__", "tests"))
-    shutil.copytree(layout / "tests", dest / "tests")
-    for name in ("conftest.py", "pyproject.toml"):
-        shutil.copyfile(layout / name, dest / name)
+    repository_layout(sdist_tree, layout, dest)
     patch, size = upstream.build_patch(dest)
     (dest.parent / "lazy_pullback.patch").write_text(patch)
     proc = subprocess.run(
@@ -124,6 +129,68 @@ def patched_tree(sdist_tree: Path, layout: Path, dest: Path) -> Path:
         raise RunnerError(f"the patch does not apply to {dest}: {proc.stderr.strip()}")
     log(f"patched tree: {dest} ({size['files']} files)")
     return dest
+
+
+def repository_layout(sdist_tree: Path, layout: Path, dest: Path) -> Path:
+    """The sdist's tree with the archive's tests, conftest and pyproject (no patch)."""
+    shutil.copytree(sdist_tree, dest, ignore=shutil.ignore_patterns("__pycache__", "tests"))
+    shutil.copytree(layout / "tests", dest / "tests")
+    for name in ("conftest.py", "pyproject.toml"):
+        shutil.copyfile(layout / name, dest / name)
+    return dest
+
+
+def check_series(tree: Path, workdir: Path, steps, linker: str, pytest_args) -> list[str]:
+    """Apply the series step by step to a copy of `tree`; the problems found."""
+    patches = upstream_series.write_series(tree, workdir / "series")
+    env = dict(os.environ, PYTHONPATH=str(workdir / "series-tree"))
+    if linker != "default":
+        env["PYTENSOR_FLAGS"] = ",".join(
+            f for f in (f"linker={linker}", env.get("PYTENSOR_FLAGS")) if f
+        )
+    problems: list[str] = []
+
+    def after_each(index: int, applied: Path) -> None:
+        name = patches[index - 1].name
+        proc = subprocess.run(
+            [sys.executable, "-c", "import pytensor, pytensor.gradient, pytensor.xtensor; "
+             "print(pytensor.__file__)"],
+            cwd=applied, env=env, capture_output=True, text=True,
+        )
+        if proc.returncode or not Path(proc.stdout.strip()).is_relative_to(applied):
+            problems.append(f"{name}: does not import: {proc.stderr.strip()[-300:]}")
+            log(f"{name}: does not import")
+            return
+        changed = upstream_series.git(
+            applied, "diff", "--name-only", "--diff-filter=AM", "HEAD~1", "--", "tests"
+        ).stdout.split()
+        tests = [
+            rel for rel in changed
+            if Path(rel).name.startswith("test_") and rel.endswith(".py")
+        ]
+        if not tests or (steps and index not in steps):
+            log(f"{name}: imports; {'no test file' if not tests else 'tests not run'}")
+            return
+        junit = workdir / f"junit-step{index}.xml"
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+             f"--junitxml={junit}", *pytest_args, *tests],
+            cwd=applied, env=env, capture_output=True, text=True,
+        )
+        (workdir / f"pytest-step{index}.log").write_text(proc.stdout + proc.stderr)
+        outcomes, _, messages = (
+            pytensor_suites.parse_junit(junit) if junit.is_file() else ({}, {}, {})
+        )
+        failing = [t for t, o in outcomes.items() if o in pytensor_suites.FAILING]
+        log(f"{name}: imports; {pytensor_suites.counts_line(outcomes)} ({len(tests)} file(s))")
+        if proc.returncode not in (0, 1) or not outcomes:
+            problems.append(f"{name}: pytest exited with status {proc.returncode}")
+        for test in failing:
+            last = messages.get(test, "").splitlines()[-1:] or [""]
+            problems.append(f"{name}: {test} fails: {last[0][:200]}")
+
+    upstream_series.apply_series(tree, patches, workdir / "series-tree", after_each)
+    return problems
 
 
 def run_form(form: str, root: Path, suites, pytest_args, linker: str, workdir: Path) -> dict:
@@ -206,6 +273,14 @@ def main(argv: list[str] | None = None) -> int:
         "nothing and, unlike 'py', has a FAST_RUN mode; 'default' keeps PyTensor's, "
         "whose cold Numba cache costs minutes per form)",
     )
+    parser.add_argument(
+        "--series", action="store_true",
+        help="check the series of patches step by step instead (see above)",
+    )
+    parser.add_argument(
+        "--steps", nargs="+", type=int, default=[],
+        help="with --series: run the tests of these steps only (1-based; default: all)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     args = parser.parse_args(argv)
@@ -219,16 +294,21 @@ def main(argv: list[str] | None = None) -> int:
         log(f"pytensor {version}; PyTensor's tests from {archive}")
         layout = unpack_archive(archive, tmp / "archive")
         roots = {"unpatched": layout, "addon": layout}
-        if "patched" in forms:
+        if "patched" in forms or args.series:
             cache = pytensor_suites.cache_dir()
             sdist = pytensor_suites.fetch_sdist(version, cache)
             tree = pytensor_suites.unpacked_sdist(sdist, cache)
-            roots["patched"] = patched_tree(tree, layout, tmp / "patched" / "pytensor")
-        results = {
-            form: run_form(form, roots[form], args.suites, args.pytest_args, args.linker, tmp)
-            for form in forms
-        }
-        problems = judge(results)
+        if args.series:
+            base = repository_layout(tree, layout, tmp / "base" / "pytensor")
+            problems = check_series(base, tmp, set(args.steps), args.linker, args.pytest_args)
+        else:
+            if "patched" in forms:
+                roots["patched"] = patched_tree(tree, layout, tmp / "patched" / "pytensor")
+            results = {
+                form: run_form(form, roots[form], args.suites, args.pytest_args, args.linker, tmp)
+                for form in forms
+            }
+            problems = judge(results)
     except (Unavailable, pytensor_suites.IndexUnreachable) as exc:
         log(f"SKIP: {exc}")
         return EXIT_UNAVAILABLE
@@ -246,7 +326,10 @@ def main(argv: list[str] | None = None) -> int:
         for line in problems:
             log(f"  {line}")
         return EXIT_REGRESSION
-    log("no regression: every test that passes unpatched passes in " + ", ".join(forms[1:]))
+    if args.series:
+        log("no regression: every step of the series applies and imports, and its tests pass")
+    else:
+        log("no regression: every test that passes unpatched passes in " + ", ".join(forms[1:]))
     return EXIT_OK
 
 
