@@ -28,6 +28,7 @@ from pytensor.gradient import DisconnectedType, disconnected_type, grad_undefine
 from pytensor.graph.replace import _vectorize_node, vectorize_graph
 from pytensor.graph.traversal import ancestors, applys_between, toposort, walk_toposort
 from pytensor import config
+from pytensor.scalar import upcast
 from pytensor.tensor.basic import constant
 from pytensor.tensor.extra_ops import broadcast_to
 from pytensor.tensor.type import TensorType, continuous_dtypes, float_dtypes
@@ -98,32 +99,44 @@ class LazyPullback(LazyRegionOp):
     def _cotangent_dtypes(self, cotangent_types: tuple) -> list[str]:
         """The dtype of the cotangent of each input at a position of `wrt`.
 
-        A floating-point input's cotangent has its dtype.  A discrete
-        (integer or boolean) input's has the dtype the lowered chain rule
-        gives it, which depends on each lowered Op's pullback (a broadcast
-        integer gets ``floatX`` zeros from its ``DimShuffle``, an addition
-        passes on its output's dtype...): only for such an input is a private
-        copy of the region lowered and pulled back here, when the gradient is
-        built, and the result kept for the node's other instances.  Should
-        that fail, the expansion raises the error with the region named at
-        compile time, and the cotangent is typed ``floatX`` meanwhile.
+        PyTensor's chain rule does not cast a cotangent to its variable's
+        dtype: a ``float32`` input used in ``float64`` arithmetic (or read by
+        an Op whose pullback gives ``floatX`` zeros) gets a ``float64``
+        cotangent, and a discrete (integer or boolean) input gets whatever the
+        lowered Ops' pullbacks give it (a broadcast integer gets ``floatX``
+        zeros from its ``DimShuffle``, an addition passes on its output's
+        dtype...).  A floating-point input at least as wide as ``floatX``,
+        every floating-point variable of the region and every cotangent has
+        its own dtype.  For any other (mixed precision, discrete inputs), a
+        private copy of the region is lowered and pulled back here, when the
+        gradient is built, and the result kept for the node's other
+        instances.  Should that fail, the expansion raises the error with the
+        region named at compile time, and the cotangent is typed ``floatX``
+        meanwhile.
         """
         inner_inputs = self.fgraph.inputs
         dtypes = [inner_inputs[i].type.dtype for i in self.wrt]
-        if all(dtype in continuous_dtypes for dtype in dtypes):
+        widest = upcast(
+            config.floatX,
+            *(
+                dtype
+                for dtype in [
+                    *(getattr(var.type, "dtype", None) for var in self.fgraph.variables),
+                    *(getattr(cotangent_type, "dtype", None) for cotangent_type in cotangent_types),
+                ]
+                if dtype in continuous_dtypes
+            ),
+        )
+        if all(dtype in continuous_dtypes and upcast(dtype, widest) == dtype for dtype in dtypes):
             return dtypes
-        cache = self.__dict__.setdefault("_discrete_cotangent_dtypes", {})
+        cache = self.__dict__.setdefault("_lowered_cotangent_dtypes", {})
         if cotangent_types not in cache:
             from pytensor_lazy_pullback.rewriting import lowered_cotangent_dtypes
 
             try:
-                lowered = lowered_cotangent_dtypes(self, cotangent_types)
+                cache[cotangent_types] = lowered_cotangent_dtypes(self, cotangent_types)
             except Exception:
-                lowered = [config.floatX] * len(dtypes)
-            cache[cotangent_types] = [
-                dtype if dtype in continuous_dtypes else from_lowered
-                for dtype, from_lowered in zip(dtypes, lowered, strict=True)
-            ]
+                cache[cotangent_types] = [config.floatX] * len(dtypes)
         return cache[cotangent_types]
 
     def infer_shape(self, node, input_shapes):

@@ -227,17 +227,24 @@ def _pull_back_lowered_region(
 def lowered_cotangent_dtypes(op: LazyPullback, cotangent_types: Sequence) -> list[str]:
     """The dtypes of the cotangents the expansion of `op` builds, one per position of ``op.wrt``.
 
-    The cotangent of a discrete (integer or boolean) input gets whatever float
-    dtype the lowered Ops' pullbacks give it (a ``DimShuffle`` of an integer
-    gives ``floatX`` zeros, an ``Elemwise`` addition its output's dtype, ...),
-    which only the lowered region knows.  `cotangent_types` are the types of
-    the cotangents of the region's outputs.  A disconnected discrete input
-    gets ``floatX``.
+    The cotangent of a discrete (integer or boolean) input, or of a float
+    input in wider arithmetic, gets whatever float dtype the lowered Ops'
+    pullbacks give it (a ``DimShuffle`` of an integer gives ``floatX`` zeros,
+    an ``Elemwise`` addition its output's dtype, ...), which only the lowered
+    region knows.  `cotangent_types` are the types of the cotangents of the
+    region's outputs.  A disconnected input keeps its dtype if it is a float,
+    else gets ``floatX``.
     """
     inner = op.fgraph.unfreeze()
     grads, _ = _pull_back_lowered_region(op, inner, [t() for t in cotangent_types])
+    own = [op.fgraph.inputs[i].type.dtype for i in op.wrt]
     return [
-        g.type.dtype if g.type.dtype in float_dtypes else config.floatX for g in grads
+        g.type.dtype
+        if g.type.dtype in float_dtypes
+        else dtype
+        if dtype in float_dtypes
+        else config.floatX
+        for g, dtype in zip(grads, own, strict=True)
     ]
 
 

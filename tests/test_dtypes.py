@@ -47,6 +47,36 @@ def test_float32():
         assert all(v.dtype == np.float32 for v in got)
 
 
+@pytest.mark.parametrize(
+    "make_cost",
+    [
+        lambda x, w: (x * w).sum().values,  # float64 arithmetic
+        lambda x, w: ((x > 0) * w).sum().values + (x * 2).sum().values.astype("float64"),
+        lambda x, w: ((x > 0) * w).sum().values,  # only floatX zeros reach x
+    ],
+    ids=["product", "comparison-and-sum", "comparison-only"],
+)
+def test_float32_input_in_float64_arithmetic_has_the_references_dtype(make_cost):
+    """Regression (the fuzzer): PyTensor does not cast a cotangent to its
+    variable's dtype; a plain float32 input labelled and used in float64
+    arithmetic gets a float64 gradient from the reference, and got a float32
+    one from us.  (A labelled float32 input gets float32: the pullback of its
+    conversion casts.  So does ``t`` if ``as_xtensor(t)`` is a ``wrt`` too: its
+    conversion is then not in a region, and keeps its own pullback, where the
+    reference, lowered, has no conversion; see doc/differences.md.)"""
+    assert pytensor.config.floatX == "float64"
+    t = pt.vector("t", shape=(3,), dtype="float32")
+    x = px.as_xtensor(t, dims=("a",))
+    w = px.xtensor("w", dims=("a",), shape=(3,))
+    cost = make_cost(x, w)
+    [ours] = pt.grad(cost, [t], disconnected_inputs="ignore")
+    [ref] = reference_grad(cost, [t], disconnected_inputs="ignore")
+    assert ours.type.dtype == ref.type.dtype == "float64"
+    assert_lazy([ours])
+    values = random_values([t, w])
+    assert_same_gradients([ours], [ref], [t, w], values, rtol=1e-6)
+
+
 def _leaves():
     rate = px.xtensor("rate", dims=("s",), shape=(3,))
     counts = px.xtensor("counts", dims=("s",), shape=(3,), dtype="int64")
