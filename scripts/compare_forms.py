@@ -388,6 +388,37 @@ def probe_vectorize_grad_replace():
 
 
 @probe
+def probe_vectorize_grad_replace_conversions_outside():
+    """``pytensor.graph.replace.vectorize_graph`` of a plain gradient whose lazy Op
+    reads the user's conversions (a mean's size, a ``.values`` round trip)."""
+    import pytensor.tensor as pt
+    import pytensor.xtensor as px
+    from pytensor.graph.replace import vectorize_graph
+
+    t = pt.tensor("t", shape=(3,))
+    x = px.as_xtensor(t, dims=("a",))
+    back = px.as_xtensor(pt.tanh(x.values), dims=("a",))
+    cost = (px.math.exp(0.1 * x.mean("a")) + px.math.exp(back) * x).sum().values
+    g = pt.grad(cost, t)
+    tb = pt.tensor("tb", shape=(2, 3))
+    [gb] = vectorize_graph([g], {t: tb})
+    return Case([tb], [gb], [_rng(6).normal(size=(2, 3))])
+
+
+@probe
+def probe_error_vectorize_forward_conversion():
+    """PyTensor's own refusal: a forward conversion of a batched plain tensor has
+    no name for its new dim (unchanged by the patch)."""
+    import pytensor.tensor as pt
+    import pytensor.xtensor as px
+    from pytensor.graph.replace import vectorize_graph
+
+    t = pt.tensor("t", shape=(3,))
+    y = px.math.exp(px.as_xtensor(t, dims=("a",)))
+    vectorize_graph([y], {t: pt.tensor("tb", shape=(2, 3))})
+
+
+@probe
 def probe_scan_step_grad():
     """A user's Scan whose step takes ``pt.grad`` of a labelled expression (a LazyPullback)."""
     import pytensor
