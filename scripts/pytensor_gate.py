@@ -78,10 +78,13 @@ FULL = (
     "tests/tensor/test_blockwise.py",
     "tests/tensor/rewriting/test_ofg.py",
     "tests/tensor/test_optimize.py",
+    "tests/tensor -k grad or Grad or rop or Rop or lop or Lop or pushforward or pullback",
 )
 """The suites of what the patch touches: xtensor, the gradient walk and its
 hooks, OpFromGraph and Scan gradients, the rewriters (the patch registers
-rewrites in every compilation), ``vectorize_graph`` and Blockwise."""
+rewrites in every compilation), ``vectorize_graph``, Blockwise, and the
+gradient tests of ``tests/tensor``.  ``PATH -k EXPRESSION`` selects tests by
+keyword (one pytest run per distinct expression)."""
 
 FORMS = ("unpatched", "addon", "patched")
 EXIT_OK, EXIT_REGRESSION, EXIT_ERROR, EXIT_UNAVAILABLE = 0, 1, 2, 3
@@ -195,7 +198,6 @@ def check_series(tree: Path, workdir: Path, steps, linker: str, pytest_args) -> 
 
 def run_form(form: str, root: Path, suites, pytest_args, linker: str, workdir: Path) -> dict:
     """Run pytest on `suites` from `root` in `form`; the per-test outcomes."""
-    junit = workdir / f"junit-{form}.xml"
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
     if linker != "default":
@@ -218,21 +220,32 @@ def run_form(form: str, root: Path, suites, pytest_args, linker: str, workdir: P
     expect_tree = form == "patched"
     if not where or Path(where[0]).is_relative_to(root) != expect_tree:
         raise RunnerError(f"{form}: the run would import pytensor from {where[:1]}")
-    cmd = [
-        sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE",
-        *plugins, f"--junitxml={junit}", *pytest_args, *suites,
-    ]
-    log(f"\n=== {form}: {' '.join(cmd[3:])} (in {root}) ===")
+    groups: dict[str, list[str]] = {}
+    for suite in suites:
+        path, _, keyword = suite.partition(" -k ")
+        groups.setdefault(keyword, []).append(path)
     start = time.monotonic()
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
-    output = (proc.stdout + proc.stderr).rstrip()
-    (workdir / f"pytest-{form}.log").write_text(output + "\n")
-    lines = output.splitlines()
-    if proc.returncode not in (0, 1) or not junit.is_file():
-        log("\n".join(lines[-40:]))
-        raise RunnerError(f"pytest ({form}) exited with status {proc.returncode}")
-    log(lines[-1] if lines else "(no output)")
-    outcomes, _, messages = pytensor_suites.parse_junit(junit)
+    outcomes: dict[str, str] = {}
+    messages: dict[str, str] = {}
+    for index, (keyword, paths) in enumerate(groups.items()):
+        junit = workdir / f"junit-{form}-{index}.xml"
+        cmd = [
+            sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE",
+            *plugins, f"--junitxml={junit}", *(["-k", keyword] if keyword else []),
+            *pytest_args, *paths,
+        ]
+        log(f"\n=== {form}: {' '.join(cmd[3:])} (in {root}) ===")
+        proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+        output = (proc.stdout + proc.stderr).rstrip()
+        (workdir / f"pytest-{form}-{index}.log").write_text(output + "\n")
+        lines = output.splitlines()
+        if proc.returncode not in (0, 1) or not junit.is_file():
+            log("\n".join(lines[-40:]))
+            raise RunnerError(f"pytest ({form}) exited with status {proc.returncode}")
+        log(lines[-1] if lines else "(no output)")
+        run_outcomes, _, run_messages = pytensor_suites.parse_junit(junit)
+        outcomes.update(run_outcomes)
+        messages.update(run_messages)
     if not outcomes:
         raise RunnerError(f"pytest ({form}) ran no test")
     log(f"{form}: {pytensor_suites.counts_line(outcomes)} in {time.monotonic() - start:.0f} s")
