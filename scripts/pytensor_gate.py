@@ -231,6 +231,9 @@ def run_form(form: str, root: Path, suites, pytest_args, linker: str, workdir: P
         junit = workdir / f"junit-{form}-{index}.xml"
         cmd = [
             sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE",
+            # tests written for 3.3.0 that do not import on 3.3.x (test_blas
+            # imports a name 3.3.8 moved): errors in every form alike
+            "--continue-on-collection-errors",
             *plugins, f"--junitxml={junit}", *(["-k", keyword] if keyword else []),
             *pytest_args, *paths,
         ]
