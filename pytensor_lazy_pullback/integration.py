@@ -30,7 +30,6 @@ _EXPECTED_SIGNATURES = {
     "jacobian": ["expression", "wrt", "consider_constant", "disconnected_inputs", "vectorize"],
     "_populate_grad_dict": ["var_to_app_to_idx", "grad_dict", "wrt", "cost_name"],
     "_populate_var_to_app_to_idx": ["outputs", "wrt", "consider_constant"],
-    "_float_zeros_like": ["x"],
     "_float_ones_like": ["x"],
     "_pushforward_direct": ["f", "wrt", "tangents", "disconnected_outputs", "return_disconnected"],
     "pushforward": [
@@ -124,7 +123,7 @@ def _overrides() -> list[tuple[object, str, Callable]]:
     import pytensor.tensor as pt
     import pytensor.xtensor.vectorization as xvectorization
     from pytensor.xtensor.basic import Rename, XOp, XTypeCastOp
-    from pytensor.xtensor.type import XTensorType
+    from pytensor.xtensor.type import XTensorType, XTensorVariable
 
     from pytensor_lazy_pullback import xtensor
     from pytensor_lazy_pullback.rewriting import expand_lazy_pullbacks_below
@@ -158,7 +157,6 @@ def _overrides() -> list[tuple[object, str, Callable]]:
     overrides = [
         (gradient, "_populate_var_to_app_to_idx", _op.populate_var_to_app_to_idx),
         (gradient, "_populate_grad_dict", _populate_grad_dict),
-        (gradient, "_float_zeros_like", _helper_first(_op.lazy_zeros_like, "_float_zeros_like")),
         (gradient, "_float_ones_like", _helper_first(_op.lazy_ones_like, "_float_ones_like")),
         (
             gradient,
@@ -177,6 +175,12 @@ def _overrides() -> list[tuple[object, str, Callable]]:
     ]
     if "in_same_class" not in vars(XTensorType):
         overrides.append((XTensorType, "in_same_class", xtensor.xtensor_in_same_class))
+    for name, method in (
+        ("zeros_like", xtensor.xtensor_zeros_like),
+        ("ones_like", xtensor.xtensor_ones_like),
+    ):
+        if not hasattr(XTensorVariable, name):
+            overrides.append((XTensorVariable, name, method))
     return overrides
 
 

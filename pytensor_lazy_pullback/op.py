@@ -4,8 +4,7 @@ Upstream home: ``pytensor/gradient_lazy.py``.
 
 Besides the Ops, this module holds what ``pytensor/gradient.py`` calls at the
 start of the functions it hooks: :func:`collapse_regions`
-(``_populate_grad_dict``), :func:`lazy_zeros_like` / :func:`lazy_ones_like`
-(``_float_zeros_like`` / ``_float_ones_like``),
+(``_populate_grad_dict``), :func:`lazy_ones_like` (``_float_ones_like``),
 :func:`pushforward_through_regions` (``_pushforward_direct``) and
 :func:`has_family_variables` with :func:`family_pushforward`
 (``pushforward``).  Each returns ``None`` (or ``False``) where PyTensor's own
@@ -50,7 +49,6 @@ __all__ = [
     "family_pushforward",
     "has_family_variables",
     "lazy_ones_like",
-    "lazy_zeros_like",
     "populate_var_to_app_to_idx",
     "pushforward_by_pullbacks",
     "pushforward_through_regions",
@@ -308,31 +306,20 @@ def collapse_regions(var_to_app_to_idx, grad_dict, wrt):
     return var_to_app_to_idx
 
 
-def lazy_zeros_like(x):
-    """Floating-point zeros like a variable `x` of an un-lowered family, else ``None``."""
-    family = family_of(x.type)
-    if family is not None:
-        return family.zeros_like(x, _float_dtype(x))
-    return None
-
-
 def lazy_ones_like(x):
-    """The cost's seed where PyTensor's ``_float_ones_like`` would not do, else ``None``.
+    """The seed of a scalar cost computed by un-lowered nodes (or labelled), else ``None``.
 
-    Ones like a variable `x` of an un-lowered family; and for a scalar cost
-    of a family or computed from un-lowered nodes, a constant, so that the
-    gradient graph does not hold the un-lowered forward pass (which
-    ``vectorize_graph`` cannot batch) just to shape a scalar.
+    A constant 1 where PyTensor's ``_float_ones_like`` would build
+    ``ones_like(cost)``: the gradient graph then does not hold the un-lowered
+    forward pass (which ``vectorize_graph`` cannot batch) just to shape a
+    scalar.
     """
-    family = family_of(x.type)
-    dtype = _float_dtype(x)
     if x.type.ndim == 0 and (
-        family is not None
+        family_of(x.type) is not None
         or any(var.owner is not None and is_unlowered(var.owner) for var in ancestors([x]))
     ):
+        dtype = _float_dtype(x)
         return x.type.clone(dtype=dtype).filter_variable(constant(np.ones((), dtype=dtype)))
-    if family is not None:
-        return family.ones_like(x, dtype)
     return None
 
 

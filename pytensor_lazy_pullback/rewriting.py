@@ -45,7 +45,6 @@ from pytensor.tensor.type import float_dtypes
 from pytensor_lazy_pullback.op import (
     LazyPullback,
     LazyPushforward,
-    lazy_zeros_like,
     pushforward_by_pullbacks,
 )
 from pytensor_lazy_pullback.unlowered import (
@@ -773,8 +772,9 @@ def _expand_all(fgraph: FunctionGraph) -> None:
 
 
 def _zeros_like(var: Variable) -> Variable:
-    zeros = lazy_zeros_like(var)
-    return var.zeros_like() if zeros is None else zeros
+    if family_of(var.type) is not None:
+        return gradient._float_zeros_like(var)
+    return var.zeros_like()
 
 
 def _like(out: Variable, value: Variable) -> Variable:

@@ -58,9 +58,6 @@ class UnloweredFamily:
         ``align_cotangent(var, cotangent)`` returns `cotangent` arranged like
         `var` (a variable of `variable_type`), or raises a `TypeError` that
         names `var` and says what is expected.
-    zeros_like, ones_like
-        ``zeros_like(var, dtype)`` and ``ones_like(var, dtype)`` for a variable
-        of `variable_type`.
     undefined_gradient
         ``(op_class, reason)`` pairs: Ops through which the gradient is
         undefined (e.g. random draws), refused at :func:`pytensor.grad` time.
@@ -84,8 +81,6 @@ class UnloweredFamily:
     lower: Callable[[FunctionGraph], None]
     variable_type: type[Type]
     align_cotangent: Callable[[Variable, Variable], Variable]
-    zeros_like: Callable[[Variable, str], Variable]
-    ones_like: Callable[[Variable, str], Variable]
     undefined_gradient: tuple[tuple[type[Op], str], ...] = ()
     structural_ops: tuple[type[Op], ...] = ()
     vectorize: Callable[[list[Variable], dict[Variable, Variable]], list[Variable]] | None = None

@@ -158,6 +158,26 @@ def relabel_xtensor_round_trip(var: Variable) -> Variable:
     return Rename(var.type.dims)(x)
 
 
+def xtensor_zeros_like(self, dtype: str | None = None):
+    """Return zeros with the dims and shape of this variable (of `dtype`, default its own).
+
+    As ``TensorVariable.zeros_like``; :func:`pytensor.grad` asks it of a
+    variable that gets a zero cotangent.  Upstream home: ``XTensorVariable``
+    in ``pytensor/xtensor/type.py``.
+    """
+    return zeros_like(self, dtype=dtype)
+
+
+def xtensor_ones_like(self, dtype: str | None = None):
+    """Return ones with the dims and shape of this variable (of `dtype`, default its own).
+
+    As ``TensorVariable.ones_like``; :func:`pytensor.grad` asks it of a
+    non-scalar labelled cost for its seed.  Upstream home: ``XTensorVariable``
+    in ``pytensor/xtensor/type.py``.
+    """
+    return ones_like(self, dtype=dtype)
+
+
 def xtensor_in_same_class(self: XTensorType, otype) -> bool:
     """Whether `otype` differs from `self` at most in non-broadcastable static lengths.
 
@@ -183,8 +203,6 @@ XTENSOR = UnloweredFamily(
     lower=lower_xtensor_graph,
     variable_type=XTensorType,
     align_cotangent=align_xtensor_cotangent,
-    zeros_like=lambda var, dtype: zeros_like(var, dtype=dtype),
-    ones_like=lambda var, dtype: ones_like(var, dtype=dtype),
     undefined_gradient=((XRV, "No gradient defined for random variables"),),
     structural_ops=(MakeSlice,),
     vectorize=vectorize_expansion,

@@ -83,6 +83,8 @@ METHODS = {
     "xop_connection_pattern": ("pytensor/xtensor/basic.py", "XOp", "connection_pattern"),
     "conversion_pushforward": ("pytensor/xtensor/basic.py", "XTypeCastOp", "pushforward"),
     "xtensor_in_same_class": ("pytensor/xtensor/type.py", "XTensorType", "in_same_class"),
+    "xtensor_zeros_like": ("pytensor/xtensor/type.py", "XTensorVariable", "zeros_like"),
+    "xtensor_ones_like": ("pytensor/xtensor/type.py", "XTensorVariable", "ones_like"),
 }
 """Functions of ``xtensor.py`` that the add-on binds as methods (``integration.py``),
 by the file, class and name of the method they are in the tree."""
@@ -288,16 +290,6 @@ GRADIENT_HOOKS = [
 
         # Each region of un-lowered nodes is one node whose pullback is a LazyPullback.
         var_to_app_to_idx = collapse_regions(var_to_app_to_idx, grad_dict, wrt)
-        """,
-    ),
-    (
-        "_float_zeros_like",
-        ["x"],
-        """\
-        from pytensor.gradient_lazy import lazy_zeros_like
-
-        if (zeros := lazy_zeros_like(x)) is not None:
-            return zeros
         """,
     ),
     (

@@ -297,19 +297,23 @@ BASIC = "pytensor/xtensor/basic.py"
 STEPS += [
     Step(
         "xtensor-rename-pullback-and-in-same-class",
-        "Match Rename's cotangent by dim name and add XTensorType.in_same_class",
+        "Add the xtensor methods gradients need and fix Rename.pullback",
         """\
 `Rename.pullback` renamed a dim called "dims" and assumed the cotangent's
 dims in the output's order; it now aligns the cotangent to the renamed
 output by dim name and renames it back.  `XTensorType` inherited
 `Type.in_same_class` (equality); like `TensorType`'s, it now accepts a type
 that only knows more static lengths, so a Scan rebuilt with a refined
-input type accepts it.  Both are needed by gradients of xtensor graphs and
-stand on their own.
+input type accepts it.  `XTensorVariable` gets `zeros_like` and
+`ones_like`, as `TensorVariable` has, which `pytensor.gradient` asks of a
+variable for a zero cotangent or a cost's seed.  All are needed by
+gradients of xtensor graphs and stand on their own.
 """,
         (
             f"{BASIC}:Rename.pullback",
             "pytensor/xtensor/type.py:XTensorType.in_same_class",
+            "pytensor/xtensor/type.py:XTensorVariable.zeros_like",
+            "pytensor/xtensor/type.py:XTensorVariable.ones_like",
             f"{BASIC}:align_xtensor_cotangent",
             "test_xtensor_methods.py",
             "conftest",
@@ -355,7 +359,6 @@ their variable by dim name; errors of an expansion reach the user.
             "doc/library/xtensor/index.md:(module)",
             "pytensor/xtensor/rewriting/__init__.py:(module)",
             f"{GRADIENT}:_populate_grad_dict",
-            f"{GRADIENT}:_float_zeros_like",
             f"{GRADIENT}:_float_ones_like",
             f"{BASIC}:XOp.connection_pattern",
             "test_grad_basic.py",

@@ -1,8 +1,10 @@
-"""Two methods of xtensor's classes that gradients need, tested on their own.
+"""Methods of xtensor's classes that gradients need, tested on their own.
 
 ``Rename.pullback`` matches its cotangent to the renamed output by dim name
-(PyTensor 3.3's renamed a dim called ``dims``), and ``XTensorType.in_same_class``
-accepts a type that only knows more static lengths, as ``TensorType``'s does.
+(PyTensor 3.3's renamed a dim called ``dims``), ``XTensorType.in_same_class``
+accepts a type that only knows more static lengths, as ``TensorType``'s does,
+and ``XTensorVariable.zeros_like``/``ones_like`` are those of ``TensorVariable``
+(``pytensor.gradient`` asks them for zero cotangents and a cost's seed).
 """
 
 import numpy as np
@@ -45,3 +47,25 @@ def test_rename_pullback_matches_the_cotangent_by_dim_name(cotangent_dims):
 def test_xtensor_type_in_same_class_ignores_static_lengths_only(other, same):
     xtype = XTensorType("float64", dims=("a", "b"), shape=(None, None))
     assert xtype.in_same_class(other) is same
+
+
+@pytest.mark.parametrize("method, fill", [("zeros_like", 0.0), ("ones_like", 1.0)])
+@pytest.mark.parametrize("dtype", [None, "float32"])
+def test_xtensor_variable_zeros_and_ones_like(method, fill, dtype):
+    x = px.xtensor("x", dims=("a", "b"), shape=(2, None), dtype="int64")
+    y = getattr(x, method)(dtype=dtype)
+    assert y.type.dims == x.type.dims
+    assert y.type.dtype == (dtype or "int64")
+    value = pytensor.function([x], y.values)(np.arange(6).reshape(2, 3))
+    np.testing.assert_array_equal(value, np.full((2, 3), fill))
+    assert value.dtype == np.dtype(dtype or "int64")
+
+
+def test_gradient_zero_cotangent_of_a_labelled_input():
+    """``pytensor.gradient``'s ``_float_zeros_like`` of an XTensorVariable: float zeros."""
+    from pytensor.gradient import _float_zeros_like
+
+    n = px.xtensor("n", dims=("a",), shape=(3,), dtype="int32")
+    zeros = _float_zeros_like(n)
+    assert zeros.type.dims == ("a",)
+    assert zeros.type.dtype == pytensor.config.floatX
