@@ -135,11 +135,23 @@ def patched_tree(sdist_tree: Path, layout: Path, dest: Path) -> Path:
 
 
 def repository_layout(sdist_tree: Path, layout: Path, dest: Path) -> Path:
-    """The sdist's tree with the archive's tests, conftest and pyproject (no patch)."""
+    """The sdist's tree with the archive's tests, conftest and pyproject (no patch).
+
+    The installed pytensor's compiled extensions (``scan_perform``, built
+    from the same version's Cython source) are copied in, as building the
+    tree would make them: the runs import pytensor from the tree.
+    """
     shutil.copytree(sdist_tree, dest, ignore=shutil.ignore_patterns("__pycache__", "tests"))
     shutil.copytree(layout / "tests", dest / "tests")
     for name in ("conftest.py", "pyproject.toml"):
         shutil.copyfile(layout / name, dest / name)
+    import pytensor
+
+    installed = Path(pytensor.__file__).parent
+    for extension in [*installed.rglob("*.so"), *installed.rglob("*.pyd")]:
+        target = dest / "pytensor" / extension.relative_to(installed)
+        if target.parent.is_dir() and not target.exists():
+            shutil.copyfile(extension, target)
     return dest
 
 
