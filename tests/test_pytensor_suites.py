@@ -64,3 +64,13 @@ def test_pytensors_xtensor_suites_pass_in_both_forms():
     tree that passes on PyTensor alone."""
     out = run_checker("pytensor_gate.py", timeout=2400, args=("--suites", *GATE_SUITES))
     assert "no regression" in out
+
+
+@pytest.mark.pytensor_suites
+def test_the_series_applies_step_by_step_and_its_core_passes():
+    """Every patch of the series applies (``git am``) and imports in PyTensor's
+    repository layout, and the tests the core step (3, ``LazyPullback``) adds pass
+    there; ``scripts/pytensor_gate.py --series`` runs every step's tests."""
+    out = run_checker("pytensor_gate.py", timeout=2400, args=("--series", "--steps", "3"))
+    assert "0003-lazy-pullback.patch: imports; passed=" in out
+    assert "no regression" in out
