@@ -509,7 +509,7 @@ def lower_graph(fgraph: FunctionGraph) -> None:
     Conversions may remain where the graph's own inputs or outputs are of an
     un-lowered family.
     """
-    _lower(fgraph)
+    _lower_unchecked(fgraph)
     for node in fgraph.toposort():
         if is_unlowered(node) and not is_conversion(node):
             raise LazyPullbackExpansionError(
@@ -520,7 +520,7 @@ def lower_graph(fgraph: FunctionGraph) -> None:
             )
 
 
-def _lower(fgraph: FunctionGraph) -> None:
+def _lower_unchecked(fgraph: FunctionGraph) -> None:
     """Expand the lazy derivatives of `fgraph`, then lower each un-lowered family in it."""
     _EXPAND_ALL.rewrite(fgraph)
     for family in families():
@@ -675,7 +675,7 @@ def expand_inner_graphs_and_lower(fgraph):
     before = set(fgraph.apply_nodes)
     _EXPAND_INNER_GRAPHS.rewrite(fgraph)
     if not before.issuperset(fgraph.apply_nodes):
-        _lower(fgraph)
+        _lower_unchecked(fgraph)
 
 
 optdb.register(
