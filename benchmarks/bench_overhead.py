@@ -1,7 +1,7 @@
 """What the integration costs programs that have no xtensor at all.
 
 Run with ``.venv/bin/python benchmarks/bench_overhead.py [--quick] [--rounds N]
-[--mode MODE]``.  For each program below it builds the graph afresh, takes
+[--mode MODE] [--patched TREE]``.  For each program below it builds the graph afresh, takes
 ``pt.grad(cost, params)`` and compiles ``pytensor.function(inputs, [cost,
 *grads])``, in alternating rounds with the integration enabled (as after
 ``import pytensor_lazy_pullback``) and disabled (``integration_disabled()``,
@@ -14,27 +14,32 @@ ratio enabled / disabled:
 * ``mlp``: a two-hidden-layer MLP with a softmax cross-entropy.
 
 It also checks that both sides compile to the same number of apply nodes and
-give the same numbers.  In-process enabled/disabled stands in for patched vs
-unpatched PyTensor: the in-tree patch adds the same code paths, always on.
-Absolute times are noise on a shared 2-core machine; the ratios of one run
-are the measurement.
+give the same numbers.  With ``--patched TREE`` (a PyTensor tree with the
+in-tree patch applied, e.g. the one ``scripts/pytensor_gate.py --keep``
+leaves), the sides are that tree (on ``PYTHONPATH``) and the installed
+PyTensor without the add-on instead: each round of each side runs in a fresh
+process (one warm-up round, then the measured one), alternating.  Absolute
+times are noise on a shared 2-core machine; the ratios of one run are the
+measurement.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import pytensor
 import pytensor.tensor as pt
 from pytensor.compile.builders import OpFromGraph
-
-import pytensor_lazy_pullback
-from pytensor_lazy_pullback import integration_disabled
 
 
 def scan_rnn(size):
@@ -105,6 +110,9 @@ def values_for(inputs, seed=0):
 
 
 def measure(name, size, rounds, mode):
+    import pytensor_lazy_pullback
+    from pytensor_lazy_pullback import integration_disabled
+
     times = {"enabled": ([], []), "disabled": ([], [])}
     fns = {}
     for _ in range(rounds):
@@ -131,12 +139,70 @@ def measure(name, size, rounds, mode):
     )
 
 
+def child(name, size, mode) -> None:
+    """One side of one round of `measure_forms`, in this (fresh) process: print JSON."""
+    one_round(PROGRAMS[name], size, mode)  # warm-up
+    grad_t, compile_t, fn, inputs = one_round(PROGRAMS[name], size, mode)
+    results = fn(*values_for(inputs))
+    print(json.dumps({
+        "grad": grad_t,
+        "compile": compile_t,
+        "nodes": len(fn.maker.fgraph.apply_nodes),
+        "values": [np.asarray(r, dtype=float).ravel().tolist() for r in results],
+        "pytensor": pytensor.__file__,
+        "addon": "pytensor_lazy_pullback" in sys.modules,
+    }))
+
+
+def measure_forms(name, size, rounds, mode, tree: Path):
+    """`measure` with the patched `tree` and the installed PyTensor, fresh processes."""
+    times = {"patched": ([], []), "unpatched": ([], [])}
+    last = {}
+    for _ in range(rounds):
+        for side in ("patched", "unpatched"):
+            env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+            if side == "patched":
+                env["PYTHONPATH"] = str(tree)
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", name, json.dumps(size), mode or ""],
+                env=env, capture_output=True, text=True, check=True, cwd=tree.parent,
+            ).stdout.splitlines()[-1]
+            result = json.loads(out)
+            assert not result["addon"], "the add-on was imported"
+            assert Path(result["pytensor"]).is_relative_to(tree) == (side == "patched"), result
+            times[side][0].append(result["grad"])
+            times[side][1].append(result["compile"])
+            last[side] = result
+    for a, b in zip(last["patched"]["values"], last["unpatched"]["values"], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10)
+    nodes = {side: last[side]["nodes"] for side in last}
+    med = {side: [statistics.median(t) for t in pair] for side, pair in times.items()}
+    print(
+        f"{name:9s} grad {med['patched'][0] * 1e3:8.1f} / {med['unpatched'][0] * 1e3:8.1f} ms"
+        f" = {med['patched'][0] / med['unpatched'][0]:5.2f}   "
+        f"compile {med['patched'][1] * 1e3:8.1f} / {med['unpatched'][1] * 1e3:8.1f} ms"
+        f" = {med['patched'][1] / med['unpatched'][1]:5.2f}   "
+        f"nodes {nodes['patched']} / {nodes['unpatched']}"
+        + ("" if nodes["patched"] == nodes["unpatched"] else "   WARNING: node counts differ"),
+        flush=True,
+    )
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 rounds, smaller programs")
     parser.add_argument("--rounds", type=int, default=None, help="alternating rounds (7)")
     parser.add_argument("--mode", default=None, help="compilation mode (PyTensor's default)")
+    parser.add_argument(
+        "--patched", type=Path, default=None,
+        help="a patched PyTensor tree: compare it with the installed PyTensor (fresh processes)",
+    )
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child:
+        name, size, mode = args.child
+        child(name, tuple(json.loads(size)), mode or None)
+        return
     rounds = args.rounds or (3 if args.quick else 7)
     sizes = {
         "scan_rnn": (10, 8) if args.quick else (20, 16),
@@ -144,6 +210,12 @@ def main(argv=None) -> None:
         "chain": (90, 8) if args.quick else (300, 8),
         "mlp": (0, 8) if args.quick else (0, 32),
     }
+    if args.patched is not None:
+        tree = args.patched.resolve()
+        print(f"patched / unpatched, median of {rounds} alternating rounds, mode={args.mode}")
+        for name in PROGRAMS:
+            measure_forms(name, sizes[name], rounds, args.mode, tree)
+        return
     print(f"enabled / disabled, median of {rounds} alternating rounds, mode={args.mode}")
     for name in PROGRAMS:
         measure(name, sizes[name], rounds, args.mode)
