@@ -109,6 +109,20 @@ def values_for(inputs, seed=0):
     return out
 
 
+def report(name, times, nodes, side, other) -> None:
+    """Print the median times of `side` and `other`, their ratios and node counts."""
+    med = {key: [statistics.median(t) for t in pair] for key, pair in times.items()}
+    print(
+        f"{name:9s} grad {med[side][0] * 1e3:8.1f} / {med[other][0] * 1e3:8.1f} ms"
+        f" = {med[side][0] / med[other][0]:5.2f}   "
+        f"compile {med[side][1] * 1e3:8.1f} / {med[other][1] * 1e3:8.1f} ms"
+        f" = {med[side][1] / med[other][1]:5.2f}   "
+        f"nodes {nodes[side]} / {nodes[other]}"
+        + ("" if nodes[side] == nodes[other] else "   WARNING: node counts differ"),
+        flush=True,
+    )
+
+
 def measure(name, size, rounds, mode):
     import pytensor_lazy_pullback
     from pytensor_lazy_pullback import integration_disabled
@@ -127,16 +141,7 @@ def measure(name, size, rounds, mode):
     values = values_for(fns["enabled"][1])
     for a, b in zip(fns["enabled"][0](*values), fns["disabled"][0](*values), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10)
-    med = {side: [statistics.median(t) for t in pair] for side, pair in times.items()}
-    print(
-        f"{name:9s} grad {med['enabled'][0] * 1e3:8.1f} / {med['disabled'][0] * 1e3:8.1f} ms"
-        f" = {med['enabled'][0] / med['disabled'][0]:5.2f}   "
-        f"compile {med['enabled'][1] * 1e3:8.1f} / {med['disabled'][1] * 1e3:8.1f} ms"
-        f" = {med['enabled'][1] / med['disabled'][1]:5.2f}   "
-        f"nodes {nodes['enabled']} / {nodes['disabled']}"
-        + ("" if nodes["enabled"] == nodes["disabled"] else "   WARNING: node counts differ"),
-        flush=True,
-    )
+    report(name, times, nodes, "enabled", "disabled")
 
 
 def child(name, size, mode) -> None:
@@ -176,16 +181,7 @@ def measure_forms(name, size, rounds, mode, tree: Path):
     for a, b in zip(last["patched"]["values"], last["unpatched"]["values"], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10)
     nodes = {side: last[side]["nodes"] for side in last}
-    med = {side: [statistics.median(t) for t in pair] for side, pair in times.items()}
-    print(
-        f"{name:9s} grad {med['patched'][0] * 1e3:8.1f} / {med['unpatched'][0] * 1e3:8.1f} ms"
-        f" = {med['patched'][0] / med['unpatched'][0]:5.2f}   "
-        f"compile {med['patched'][1] * 1e3:8.1f} / {med['unpatched'][1] * 1e3:8.1f} ms"
-        f" = {med['patched'][1] / med['unpatched'][1]:5.2f}   "
-        f"nodes {nodes['patched']} / {nodes['unpatched']}"
-        + ("" if nodes["patched"] == nodes["unpatched"] else "   WARNING: node counts differ"),
-        flush=True,
-    )
+    report(name, times, nodes, "patched", "unpatched")
 
 
 def main(argv=None) -> None:
