@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from functools import cached_property
 
 import numpy as np
 import pytensor.gradient as gradient
@@ -116,12 +117,10 @@ class LazyPullback(LazyRegionOp):
         dtypes = [inner_inputs[i].type.dtype for i in self.wrt]
         widest = upcast(
             config.floatX,
+            *self._region_float_dtypes,
             *(
                 dtype
-                for dtype in [
-                    *(getattr(var.type, "dtype", None) for var in self.fgraph.variables),
-                    *(getattr(cotangent_type, "dtype", None) for cotangent_type in cotangent_types),
-                ]
+                for dtype in (getattr(t, "dtype", None) for t in cotangent_types)
                 if dtype in continuous_dtypes
             ),
         )
@@ -137,8 +136,18 @@ class LazyPullback(LazyRegionOp):
                 cache[cotangent_types] = [config.floatX] * len(dtypes)
         return cache[cotangent_types]
 
+    @cached_property
+    def _region_float_dtypes(self) -> frozenset[str]:
+        """The floating-point dtypes of the region's variables (the region is frozen)."""
+        return frozenset(
+            dtype
+            for dtype in (getattr(var.type, "dtype", None) for var in self.fgraph.variables)
+            if dtype in continuous_dtypes
+        )
+
     def infer_shape(self, node, input_shapes):
         return [input_shapes[i] for i in self.wrt]
+
 
 class LazyPushforward(LazyRegionOp):
     r"""The pushforward (Jacobian-vector product) of a region, built at compile time.
@@ -710,29 +719,19 @@ def vectorize_lazy_derivatives(outputs, replace):
     if not any(isinstance(node.op, LazyRegionOp) for node in toposort(outputs, blockers=keys)):
         return None
     expanded = expand_lazy_pullbacks_below(outputs, keys)
-    named: set[str] = set()
-    unnamed_axes = 0
-    for old, new in replace.items():
-        added = (getattr(new.type, "ndim", None) or 0) - (getattr(old.type, "ndim", None) or 0)
-        if family_of(new.type) is not None:
-            named.update(set(new.type.dims) - set(getattr(old.type, "dims", ())))
-        else:
-            unnamed_axes = max(unnamed_axes, added)
-    batched = {old for old, new in replace.items() if new is not old}
-    depends, needs_a_name = set(batched), False
+    depends = {old for old, new in replace.items() if new is not old}
+    needs_a_name = False
     for node in toposort(expanded, blockers=keys):
         if any(inp in depends for inp in node.inputs):
             depends.update(node.outputs)
             needs_a_name |= family_of(node.op) is not None
-    if unnamed_axes > len(named) and any(
-        out in depends and family_of(out.type) is not None for out in expanded
-    ):
-        return None
     vectorize = next(
         (family.vectorize for family in families() if family.vectorize is not None), None
     )
     if needs_a_name and vectorize is not None:
-        vectorized = vectorize(expanded, dict(replace))
+        vectorized = vectorize(expanded, dict(replace), name_labelled_results=False)
+        if vectorized is None:
+            return None
     else:
         vectorized = vectorize_graph(expanded, replace)
     return vectorized if as_list else vectorized[0]

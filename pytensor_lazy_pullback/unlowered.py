@@ -65,9 +65,11 @@ class UnloweredFamily:
         Ops whose outputs a lowering must see as they are (e.g. ``MakeSlice``
         for indexing): a node of one that feeds a region is put inside it.
     vectorize
-        ``vectorize(outputs, replace)``: how ``vectorize_graph`` batches an
-        expansion that holds the family's conversions, if
-        :func:`pytensor.graph.replace.vectorize_graph` cannot.
+        ``vectorize(outputs, replace, name_labelled_results=True)``: how
+        ``vectorize_graph`` batches an expansion that holds the family's
+        conversions, if :func:`pytensor.graph.replace.vectorize_graph` cannot;
+        ``None`` if a dim no batched input names would reach a result of the
+        family and `name_labelled_results` is false.
     relabel_round_trips
         ``relabel_round_trips(var)``: `var`, a result of an expansion of the
         family's type, with a round trip out of the family and back that
@@ -83,7 +85,7 @@ class UnloweredFamily:
     align_cotangent: Callable[[Variable, Variable], Variable]
     undefined_gradient: tuple[tuple[type[Op], str], ...] = ()
     structural_ops: tuple[type[Op], ...] = ()
-    vectorize: Callable[[list[Variable], dict[Variable, Variable]], list[Variable]] | None = None
+    vectorize: Callable[..., list[Variable] | None] | None = None
     relabel_round_trips: Callable[[Variable], Variable] | None = None
 
 

@@ -24,8 +24,10 @@ _UNNAMED_DIM = "__unnamed_batch_dim_{}__"
 
 
 def vectorize_expansion(
-    outputs: list[Variable], replace: dict[Variable, Variable]
-) -> list[Variable]:
+    outputs: list[Variable],
+    replace: dict[Variable, Variable],
+    name_labelled_results: bool = True,
+) -> list[Variable] | None:
     """Batch an expanded `LazyPullback` for ``pytensor.graph.replace.vectorize_graph``.
 
     The expansion may hold conversions to XTensorVariables (a gradient with
@@ -34,7 +36,9 @@ def vectorize_expansion(
     plain tensors share.  If only plain tensors are batched, an xtensor result
     gets a dim named ``__unnamed_batch_dim_0__`` (where PyTensor's own
     conversion from tensors raises `NotImplementedError`); converted back to a
-    tensor it is an ordinary leading batch axis.
+    tensor it is an ordinary leading batch axis.  Without
+    `name_labelled_results`, ``None`` is returned instead of naming a dim that
+    would reach a labelled result (inside the graph, the name stays unseen).
     """
     named: list[str] = []
     n_axes = 0
@@ -63,6 +67,8 @@ def vectorize_expansion(
     dependent = [
         i for i, out in enumerate(outputs) if any(var in batched for var in ancestors([out]))
     ]
+    if unnamed and not name_labelled_results and any(_is_xtensor(outputs[i]) for i in dependent):
+        return None
     results = list(outputs)
     if dependent:
         vectorized = vectorize_xtensor_graph(
