@@ -79,6 +79,7 @@ def check_pytensor() -> None:
 check_pytensor()
 
 from pytensor_lazy_pullback import op as _op  # noqa: E402
+from pytensor_lazy_pullback.unlowered import LoweringError  # noqa: E402
 
 __all__ = ["check_pytensor", "disable", "enable", "is_enabled", "integration_disabled"]
 
@@ -122,6 +123,7 @@ def _overrides() -> list[tuple[object, str, Callable]]:
     import pytensor.graph.replace as graph_replace
     import pytensor.tensor as pt
     import pytensor.xtensor.vectorization as xvectorization
+    from pytensor.graph.rewriting.basic import SequentialGraphRewriter
     from pytensor.xtensor.basic import Rename, XOp, XTypeCastOp
     from pytensor.xtensor.type import XTensorType, XTensorVariable
 
@@ -136,6 +138,15 @@ def _overrides() -> list[tuple[object, str, Callable]]:
         return None
 
     jacobian = _helper_first(family_jacobian, "jacobian")
+
+    original_sequential_init = SequentialGraphRewriter.__init__
+
+    def sequential_init(self, *rewrites, failure_callback=None):
+        # (In the patch, SequentialGraphRewriter.apply re-raises a LoweringError
+        # as it does an AssertionError, before its failure callback.)
+        original_sequential_init(
+            self, *rewrites, failure_callback=_reraising_lowering_errors(failure_callback)
+        )
 
     original_vectorize_graph = xvectorization.vectorize_graph
 
@@ -169,6 +180,7 @@ def _overrides() -> list[tuple[object, str, Callable]]:
         (xvectorization, "vectorize_graph", vectorize_graph),
         (graph_replace, "vectorize_graph", graph_vectorize_graph),
         (graph, "vectorize_graph", graph_vectorize_graph),
+        (SequentialGraphRewriter, "__init__", sequential_init),
         (Rename, "pullback", xtensor.rename_pullback),
         (XOp, "connection_pattern", xtensor.xop_connection_pattern),
         (XTypeCastOp, "pushforward", xtensor.conversion_pushforward),
@@ -232,6 +244,20 @@ def integration_disabled() -> Iterator[None]:
 def _populate_grad_dict(var_to_app_to_idx, grad_dict, wrt, cost_name=None):
     var_to_app_to_idx = _op.collapse_regions(var_to_app_to_idx, grad_dict, wrt)
     return _originals["_populate_grad_dict"](var_to_app_to_idx, grad_dict, wrt, cost_name)
+
+
+def _reraising_lowering_errors(failure_callback: Callable | None) -> Callable | None:
+    """`failure_callback` of a rewriter, raising a `LoweringError` instead of handling it."""
+    if failure_callback is None:
+        return None
+
+    @functools.wraps(failure_callback)
+    def reraising(exc, *args):
+        if isinstance(exc, LoweringError):
+            raise exc
+        return failure_callback(exc, *args)
+
+    return reraising
 
 
 def _helper_first(helper: Callable, name: str) -> Callable:

@@ -49,6 +49,7 @@ from pytensor_lazy_pullback.op import (
 )
 from pytensor_lazy_pullback.unlowered import (
     LazyRegionOp,
+    LoweringError,
     families,
     family_of,
     is_conversion,
@@ -69,38 +70,20 @@ __all__ = [
 ]
 
 
-class LazyPullbackExpansionError(NotImplementedError):
-    """A `LazyPullback` cannot be expanded (its region cannot be lowered or differentiated)."""
+class LazyPullbackExpansionError(LoweringError):
+    """A lazy derivative, or an inner graph holding one, cannot be expanded.
 
-
-class _RaisedThroughRewriters(AssertionError):
-    """Base mixed into every error that leaves an expansion.
-
-    PyTensor's rewriters log an exception raised inside a rewrite and carry on
-    (``config.on_opt_error="warn"``, the default) -- except an
-    `AssertionError`, which they always re-raise.  An expansion that fails
-    leaves a `LazyPullback` that no linker can run, so its error must reach the
-    user whatever the flag says: it is re-raised as a subclass of both its own
-    type and this one (``except NullTypeGradError`` still catches it).
+    Its message names the region (or the inner graph) and its inputs; the
+    error met while lowering or differentiating it is its ``__cause__``.  As a
+    `LoweringError`, PyTensor's rewriters re-raise it under any
+    ``config.on_opt_error``: a lazy node left unexpanded cannot be run.
     """
 
 
-_raised_through_rewriters: dict[type, type] = {}
-
-
-def _expansion_error(err: Exception, node: Apply) -> Exception:
-    """`err`, with the region of `node` named, typed to pass PyTensor's rewriters."""
-    if isinstance(err, _RaisedThroughRewriters):
+def _expansion_error(err: Exception, node: Apply) -> LazyPullbackExpansionError:
+    """`err`, met while expanding `node`, as a `LazyPullbackExpansionError` naming it."""
+    if isinstance(err, LazyPullbackExpansionError):
         return err  # from a nested expansion: already names its region
-    cls = type(err)
-    fatal = _raised_through_rewriters.get(cls)
-    if fatal is None:
-        fatal = type(
-            cls.__name__,
-            (cls, _RaisedThroughRewriters),
-            {"__module__": cls.__module__, "__qualname__": cls.__qualname__},
-        )
-        _raised_through_rewriters[cls] = fatal
     if isinstance(node.op, LazyRegionOp):
         kind = "pushforward" if isinstance(node.op, LazyPushforward) else "pullback"
         inputs = ", ".join(str(inp) for inp in node.inputs[: len(node.op.fgraph.inputs)])
@@ -110,14 +93,7 @@ def _expansion_error(err: Exception, node: Apply) -> Exception:
         )
     else:
         what = f"the inner graph of {node.op}"
-    message = f"{err} (while expanding {what})"
-    try:
-        new = fatal(message)
-    except Exception:  # an exception class with a constructor of its own
-        new = fatal.__new__(fatal, *err.args)
-        new.args = err.args
-    new.__dict__.update(getattr(err, "__dict__", {}))
-    return new.with_traceback(err.__traceback__)
+    return LazyPullbackExpansionError(f"{type(err).__name__}: {err} (while expanding {what})")
 
 
 def _lowered_pushforward(node: Apply) -> list[Variable]:
@@ -504,7 +480,7 @@ def lower_graph(fgraph: FunctionGraph) -> None:
     """Lower every un-lowered node of a private `fgraph` in place.
 
     Expands its `LazyPullback`\\ s and `LazyPushforward`\\ s, then runs the
-    lowering of each family present, and raises `LazyPullbackExpansionError`
+    lowering of each family present, and raises `NotImplementedError`
     naming the Op and the variable if an un-lowered node survives.
     Conversions may remain where the graph's own inputs or outputs are of an
     un-lowered family.
@@ -512,7 +488,7 @@ def lower_graph(fgraph: FunctionGraph) -> None:
     _lower_unchecked(fgraph)
     for node in fgraph.toposort():
         if is_unlowered(node) and not is_conversion(node):
-            raise LazyPullbackExpansionError(
+            raise NotImplementedError(
                 f"Cannot lower {node.op} (producing {node.outputs[0]}): no lowering "
                 f"rewrites {type(node.op).__name__}. Register one for this Op (for XOps, "
                 "a node rewriter with pytensor.xtensor.rewriting.utils."
@@ -535,8 +511,8 @@ def expand_lazy_pullback(fgraph, node):
     Nothing of `fgraph` is lowered but the region's forward outputs, where
     `fgraph` computes them: they are replaced by the lowered copy the pullback
     is built on.  With ``fgraph=None`` it returns the replacements of the
-    node's outputs only.  Any error is re-raised with the region named, typed
-    so that PyTensor's rewriters do not swallow it (`_RaisedThroughRewriters`).
+    node's outputs only.  An error is raised as a `LazyPullbackExpansionError`
+    naming the region, which PyTensor's rewriters do not swallow.
     """
     try:
         if isinstance(node.op, LazyPushforward):
@@ -552,7 +528,7 @@ def graph_wide(rewriter: NodeRewriter) -> GraphRewriter:
     """`rewriter` applied to every node of a graph, with no failure callback.
 
     An expansion error is not a rewrite to skip: it must reach the user (see
-    `_RaisedThroughRewriters`).
+    `LazyPullbackExpansionError`).
     """
     return dfs_rewriter(rewriter, ignore_newtrees=True, failure_callback=None)
 

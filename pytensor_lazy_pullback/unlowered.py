@@ -24,6 +24,7 @@ from pytensor.graph.type import Type
 __all__ = [
     "LazyPullbackNotExpandedError",
     "LazyRegionOp",
+    "LoweringError",
     "UnloweredFamily",
     "align_cotangent",
     "family_of",
@@ -162,6 +163,15 @@ def op_names(nodes: Iterable[Apply], classes: bool = False) -> str:
     return ", ".join(
         dict.fromkeys(type(node.op).__name__ if classes else str(node.op) for node in nodes)
     )
+
+
+class LoweringError(Exception):
+    """A rewrite could not lower Ops that no linker can run.
+
+    The graph cannot be compiled without that rewrite, so PyTensor's rewriters
+    re-raise this error whatever ``config.on_opt_error`` says, as they do an
+    `AssertionError`, instead of logging it and going on.
+    """
 
 
 class LazyPullbackNotExpandedError(NotImplementedError):

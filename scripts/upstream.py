@@ -543,6 +543,52 @@ def xtensor_edits(src: Path) -> list[SourceFile]:
     return [basic, types, vectorization, replace]
 
 
+def rewriter_edits(src: Path) -> SourceFile:
+    """``SequentialGraphRewriter.apply`` re-raises a ``LoweringError`` as it does an
+    ``AssertionError`` (the in-tree form of the failure callbacks that
+    ``integration.py`` wraps)."""
+    sf = SourceFile.read(src, "pytensor/graph/rewriting/basic.py")
+    func = find_function(sf, "apply", cls="SequentialGraphRewriter")
+    handlers = [
+        n
+        for n in ast.walk(func)
+        if isinstance(n, ast.ExceptHandler)
+        and isinstance(n.type, ast.Name)
+        and n.type.id == "AssertionError"
+    ]
+    if len(handlers) != 1 or not isinstance(handlers[0].body[-1], ast.Raise):
+        raise AnchorError(
+            f"{sf.rel}: SequentialGraphRewriter.apply: no single 'except AssertionError: raise'"
+        )
+    [handler] = handlers
+    sf.replace(
+        handler.lineno - 1,
+        handler.end_lineno,
+        indent(
+            """\
+            except (AssertionError, LoweringError):
+                # Do not catch assertion failures, nor a lowering that failed:
+                # the graph cannot be compiled without it.
+                raise
+            """,
+            handler.col_offset,
+        ),
+    )
+    graph_imports = [
+        n
+        for n in sf.tree.body
+        if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("pytensor.graph.")
+    ]
+    later = [n for n in graph_imports if n.module > "pytensor.graph.lowering"]
+    if not graph_imports or not later:
+        raise AnchorError(f"{sf.rel}: from pytensor.graph.* import: not where expected")
+    line = later[0].lineno - 1
+    sf.replace(
+        line, line, ["from pytensor.graph.lowering import LoweringError"], label=f"{sf.rel}:(module)"
+    )
+    return sf
+
+
 def add_sorted_import(src: Path, rel: str, module: str, after: str | None = None) -> SourceFile:
     """Add ``import module`` among the file's top-level ``import`` statements.
 
@@ -1082,6 +1128,7 @@ def build_tree(src: Path) -> tuple[list[SourceFile], dict[str, str]]:
         gradient_edits(src),
         *xtensor_edits(src),
         *import_edits(src),
+        rewriter_edits(src),
         doc_index_edit(src),
         *appended_test_edits(src),
     ]

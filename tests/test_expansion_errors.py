@@ -2,12 +2,14 @@
 
 PyTensor's rewriters log an exception raised inside a rewrite and carry on
 under the default ``on_opt_error="warn"``.  An expansion error must still be
-raised -- the original exception type, with the region named -- by every way
-of compiling or rewriting a gradient graph.  An XOp nobody registered a
-lowering for fails so too, naming the Op and how to register one.
+raised -- a `LazyPullbackExpansionError` naming the region, caused by the
+original exception -- by every way of compiling or rewriting a gradient graph.
+An XOp nobody registered a lowering for fails so too, naming the Op and how to
+register one.
 """
 
 import importlib.util
+import pickle
 
 import numpy as np
 import pytensor
@@ -16,6 +18,8 @@ import pytensor.xtensor as px
 import pytest
 from pytensor.gradient import NullTypeGradError
 from pytensor.graph.basic import Apply
+from pytensor.graph.fg import FunctionGraph
+from pytensor.graph.rewriting.basic import SequentialGraphRewriter, graph_rewriter
 from pytensor.graph.rewriting.utils import rewrite_graph
 from pytensor.xtensor.basic import XOp
 
@@ -23,6 +27,7 @@ from pytensor_lazy_pullback import (
     LazyPullbackExpansionError,
     expand_lazy_pullbacks,
 )
+from pytensor_lazy_pullback.unlowered import LoweringError
 from helpers import assert_graph_unchanged, assert_lazy, graph_snapshot, lower
 
 
@@ -55,7 +60,7 @@ def _complex_intermediate():
 
 CASES = {
     "undefined_once_lowered": (_undefined_once_lowered, NullTypeGradError, "ive"),
-    "missing_lowering": (_unlowerable, LazyPullbackExpansionError, "Cannot lower Unlowerable"),
+    "missing_lowering": (_unlowerable, NotImplementedError, "Cannot lower Unlowerable"),
     "complex_intermediate": (_complex_intermediate, TypeError, "Real"),
 }
 
@@ -89,8 +94,9 @@ def test_expansion_error_reaches_the_user(case, entry, on_opt_error):
     x, cost = build()
     g = pt.grad(cost, x)  # lazy: nothing is lowered yet, so nothing fails yet
     assert_lazy([g])
-    with pytest.raises(error, match=op_name) as info:
+    with pytest.raises(LazyPullbackExpansionError, match=op_name) as info:
         ENTRY_POINTS[entry](x, g)
+    assert isinstance(info.value.__cause__, error)
     message = str(info.value)
     assert "while expanding the lazy pullback of the region" in message
     assert "with inputs (x" in message or "with inputs (o" in message
@@ -119,8 +125,9 @@ def test_a_failed_expansion_leaves_the_gradient_graph_unchanged():
     x, cost = _undefined_once_lowered()
     g = pt.grad(cost, x)
     before = graph_snapshot([cost, g])
-    with pytest.raises(NullTypeGradError):
+    with pytest.raises(LazyPullbackExpansionError) as info:
         pytensor.function([x], [cost, g])
+    assert isinstance(info.value.__cause__, NullTypeGradError)
     assert_graph_unchanged(before, graph_snapshot([cost, g]))
     assert_lazy([g])
 
@@ -139,3 +146,30 @@ def test_error_inside_a_scan_reaches_the_user(mode, on_opt_error):
     with pytest.raises(LazyPullbackExpansionError, match="Cannot lower Unlowerable") as info:
         pytensor.function([x], out[-1], mode=mode)
     assert "while expanding the inner graph of" in str(info.value)
+
+
+def test_rewriters_reraise_a_lowering_error(on_opt_error):
+    """A `LoweringError` is not handed to a rewriter's failure callback, which would log it."""
+
+    @graph_rewriter
+    def failing_lowering(fgraph):
+        raise LoweringError("cannot lower")
+
+    x = pt.vector("x")
+    fgraph = FunctionGraph([x], [pt.exp(x)])
+    rewriter = SequentialGraphRewriter(
+        failing_lowering, failure_callback=SequentialGraphRewriter.warn
+    )
+    with pytest.raises(LoweringError, match="cannot lower"):
+        rewriter.rewrite(fgraph)
+
+
+def test_the_expansion_error_is_an_ordinary_class():
+    x, cost = _undefined_once_lowered()
+    with pytest.raises(LazyPullbackExpansionError) as info:
+        pytensor.function([x], pt.grad(cost, x))
+    assert type(info.value) is LazyPullbackExpansionError
+    assert isinstance(info.value, LoweringError)
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert type(copy) is LazyPullbackExpansionError
+    assert str(copy) == str(info.value)
