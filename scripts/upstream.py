@@ -335,9 +335,9 @@ GRADIENT_HOOKS = [
         from pytensor.gradient_lazy import has_family_variables
 
         if has_family_variables(expression):
-            from pytensor.xtensor.gradient import jacobian as xtensor_jacobian
+            from pytensor.xtensor import gradient as xtensor_gradient
 
-            return xtensor_jacobian(
+            return xtensor_gradient.jacobian(
                 expression, wrt, consider_constant, disconnected_inputs, vectorize
             )
         """,
