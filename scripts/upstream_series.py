@@ -372,11 +372,41 @@ their variable by dim name; errors of an expansion reach the user.
             "test_grad_shape.py",
             "test_grad_signal.py",
             "test_bad_input.py",
-            "test_dtypes.py",
             "test_expansion_errors.py",
             "test_grad_arguments.py",
             "test_lazy_pullback_op.py",
             "test_regions.py",
+        ),
+    ),
+    Step(
+        "lazy-pullback-cotangent-dtypes",
+        "Give lazy cotangents of integer and mixed-precision inputs the reference's dtype",
+        """\
+PyTensor's chain rule does not cast a cotangent to its variable's dtype:
+a float32 input used in float64 arithmetic gets a float64 cotangent, and
+an integer or boolean input whatever the lowered Ops' pullbacks give it
+(floatX zeros from a DimShuffle, its output's dtype from an addition).
+Only the lowered region knows, so for such inputs, and only for them,
+`LazyPullback.make_node` pulls back through a private lowered copy of the
+region to read the dtypes (cached per Op and cotangent types).  Before,
+such a cotangent was typed like its input (floatX for a discrete one).
+""",
+        (
+            "op:LazyPullback._cotangent_dtypes",
+            "op:LazyPullback._region_float_dtypes",
+            "rewriting:lowered_cotangent_dtypes",
+            "test_dtypes.py",
+        ),
+        earlier=(
+            (
+                "op",
+                "        dtypes = self._cotangent_dtypes(tuple(cotangent.type for cotangent in cotangents))\n",
+                "        dtypes = [\n"
+                "            dtype if dtype in continuous_dtypes else config.floatX\n"
+                "            for dtype in (inner_inputs[i].type.dtype for i in self.wrt)\n"
+                "        ]\n",
+            ),
+            ("rewriting", '    "lowered_cotangent_dtypes",\n', ""),
         ),
     ),
     Step(
@@ -411,8 +441,14 @@ than that of the graph lowered first.
     ),
     Step(
         "lazy-pullback-inner-graphs",
-        "Expand lazy pullbacks inside Scan and OpFromGraph before the Scan rewrites",
+        "Differentiate lazy pullbacks again, and expand them inside Scan and OpFromGraph",
         """\
+A second derivative differentiates a `LazyPullback` whose cotangent is
+computed from the outputs of the region it pulls back through.  As
+separate regions, each would pull back through its own lowered copy of
+the forward pass; the lazy node, the regions it reads and the ordinary
+nodes in between now form one region when that region is convex.
+
 `hessian` and `jacobian(vectorize=False)` map a gradient over rows with a
 Scan, so its inner graph holds a `LazyPullback`.  Expanded only when the
 inner graph is compiled, the lowered forward pass would be recomputed in
@@ -421,6 +457,9 @@ OpFromGraphs with their inner graphs expanded and lowered before
 `scan_eqopt1`, whose push-out then moves the loop-invariant part out.
 """,
         (
+            "regions:_join_derivatives",
+            "regions:_convex",
+            "regions:_pullback_defined",
             "rewriting:EXPAND_INNER_GRAPHS_POSITION",
             "rewriting:_inner_fgraph",
             "rewriting:holds_unlowered",
@@ -442,6 +481,20 @@ OpFromGraphs with their inner graphs expanded and lowered before
                 "for _rewriter in (expand_lazy_pullback,):\n",
             ),
             ("rewriting", "        _EXPAND_INNER_GRAPHS.rewrite(fgraph)\n", ""),
+            ("regions", "    _join_derivatives(order, parent, find, path, consumers, cuts)\n", ""),
+            (
+                "regions",
+                "recursion, so deep graphs are fine).  A lazy derivative being differentiated\n"
+                "again also takes in the regions it reads through ordinary nodes, and those\n"
+                "nodes (see `_join_derivatives`).\n",
+                "recursion, so deep graphs are fine).\n",
+            ),
+            (
+                "regions",
+                "`~pytensor.graph.lowering.UnloweredFamily.structural_ops`) and\n"
+                "        the ordinary nodes between a lazy derivative and the regions it reads.\n",
+                "`~pytensor.graph.lowering.UnloweredFamily.structural_ops`).\n",
+            ),
         ),
     ),
     Step(
