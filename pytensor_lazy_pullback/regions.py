@@ -72,9 +72,13 @@ class Region:
     def connection_pattern(self) -> list[list[bool]]:
         """For each input, whether each output depends on it.
 
-        As :func:`pytensor.graph.op.io_connection_pattern` (honouring each
-        node's ``connection_pattern``), but with one bit set per variable, so
-        memory and time stay linear in the region's size.
+        The answer of :func:`pytensor.graph.op.io_connection_pattern` for the
+        region's inputs and outputs (each node's ``connection_pattern``
+        honoured, an Op without one connecting everything), with one integer
+        of a bit per input for each variable where that function keeps a list
+        of one bool per input: O(variables x inputs) in time and memory, which a
+        region reading hundreds of inputs would pay at every ``pt.grad``.
+        `nodes` must be in topological order.
         """
         reach = {var: 1 << i for i, var in enumerate(self.inputs)}
         for node in self.nodes:
@@ -277,9 +281,9 @@ def _describe(members, consumers, known) -> Region:
             # variables wherever the graph has them: ``vectorize_graph`` can
             # batch those without knowing a dim name.
             member_set.add(owner)
-            taken_in.append(owner)
             for inp in owner.inputs:
                 read(inp)
+            taken_in.append(owner)  # after what it reads: in topological order
         else:
             inputs.setdefault(var)
 
@@ -294,7 +298,7 @@ def _describe(members, consumers, known) -> Region:
         if out in known
         or any(app not in member_set for app in consumers.get(out, ()))
     ]
-    region = Region(nodes=taken_in[::-1] + members, outputs=outputs)
+    region = Region(nodes=taken_in + members, outputs=outputs)
     region.inputs = list(inputs)
     # Whether a gradient really flows (an integer input may well have one, as
     # in d/dcounts of counts * log(rate)) is the lowered graph's pullback's

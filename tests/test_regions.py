@@ -3,7 +3,8 @@
 An input read by several nodes of a region accumulates its cotangents; a region
 output also read inside its region, or nested in another once lowered, gets
 every cotangent; regions joined through ordinary Ops stay separate (convex, no
-cycle); a diamond is one region.  Each gradient equals the reference (lower
+cycle); a diamond is one region; a region's connection pattern is
+PyTensor's ``io_connection_pattern``.  Each gradient equals the reference (lower
 first, then ``pt.grad``) and, where the graph has plain-tensor inputs, finite
 differences.
 """
@@ -13,7 +14,8 @@ import pytensor
 import pytensor.tensor as pt
 import pytensor.xtensor as px
 import pytensor.xtensor.math as pxm
-from pytensor.graph.traversal import ancestors
+from pytensor.graph.op import io_connection_pattern
+from pytensor.graph.traversal import ancestors, io_toposort
 from pytensor.xtensor.type import XTensorVariable
 
 from helpers import (
@@ -27,6 +29,8 @@ from helpers import (
     reference_grad,
     weighted_cost,
 )
+
+from pytensor_lazy_pullback.regions import Region
 
 
 def check_one_region(fn, t):
@@ -177,3 +181,36 @@ def test_diamond_labelled_leaf():
     cost = weighted_cost(left * right + x)
     ours = pt.grad(cost, [x])
     assert_same_gradients(ours, reference_grad(cost, [x]), [x], random_values([x]))
+
+
+# ---------------------------------------------------------------------------
+# 5. Connection pattern
+# ---------------------------------------------------------------------------
+
+
+def test_connection_pattern_is_pytensors():
+    """`Region.connection_pattern` answers as PyTensor's ``io_connection_pattern``.
+
+    Covers a disconnected index, `Broadcast` (each input to its own output),
+    ``zeros_like`` (its input disconnected), a conversion (an Op without
+    ``connection_pattern``), an ordinary Op, an output that is an input, and an
+    input no output reads.
+    """
+    x = px.xtensor("x", dims=("a", "b"), shape=(3, 4))
+    y = px.xtensor("y", dims=("b",), shape=(4,))
+    idx = px.xtensor("idx", dims=("c",), shape=(2,), dtype="int64")
+    t = pt.tensor("t", shape=(3, 4))
+    unused = px.xtensor("unused", dims=("a",), shape=(3,))
+    bx, by = px.broadcast(x, y)
+    gathered = pxm.sin(x).isel(a=idx)
+    zeros = px.shape.zeros_like(y) + 1.0
+    labelled = px.as_xtensor(pt.exp(t), dims=("a", "b")) * x
+    inputs = [x, y, idx, t, unused]
+    outputs = [bx, by, gathered, zeros, labelled, y]
+    region = Region(nodes=io_toposort(inputs, outputs), inputs=inputs, outputs=outputs)
+    want = io_connection_pattern(inputs, outputs)
+    assert region.connection_pattern() == want
+    assert want[2] == [False] * len(outputs)  # the index
+    assert want[0] == [True, False, True, False, True, False]  # Broadcast
+    assert want[1] == [False, True, False, False, False, True]  # zeros_like
+    assert want[3] == [False, False, False, False, True, False]  # the conversion
