@@ -24,6 +24,7 @@ from pytensor.compile.ops import view_op
 from pytensor.graph.basic import Apply, Variable
 from pytensor.graph.fg import FrozenFunctionGraph
 from pytensor.graph.null_type import NullType
+from pytensor.graph.op import Op
 from pytensor.gradient import DisconnectedType, disconnected_type, grad_undefined
 from pytensor.graph.replace import _vectorize_node, vectorize_graph
 from pytensor.graph.traversal import ancestors, applys_between, toposort, walk_toposort
@@ -303,15 +304,16 @@ def collapse_regions(var_to_app_to_idx, grad_dict, wrt):
     Called at the start of ``pytensor.gradient._populate_grad_dict``.  Aligns
     the given cotangents of a family's variables (in place in `grad_dict`), finds the regions of un-lowered nodes on the gradient's path,
     and returns `var_to_app_to_idx` rewritten so that each region is a single
-    stand-in node whose pullback is one `LazyPullback` (unchanged if there is
-    no region).
+    node whose pullback is one `LazyPullback` (unchanged if there is no
+    region).  That node is a real `Apply` of a private Op, with fresh outputs
+    (see `_collapse`); the user's graph is not modified.
     """
     for var, cotangent in list(grad_dict.items()):
         if family_of(var.type) is not None and not _is_zero_or_null(cotangent):
             grad_dict[var] = align_cotangent(var, cotangent)
     regions = find_regions(var_to_app_to_idx, cuts={*wrt, *grad_dict}, known=grad_dict.keys())
     if regions:
-        return _collapse(var_to_app_to_idx, regions)
+        return _collapse(var_to_app_to_idx, grad_dict, regions)
     return var_to_app_to_idx
 
 
@@ -581,17 +583,34 @@ def _as_list(value):
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
-def _collapse(var_to_app_to_idx, regions: list[Region]):
-    """Rewrite the variable-to-consumers map so each region is one stand-in node."""
-    stand_in_of = {}
+def _collapse(var_to_app_to_idx, grad_dict, regions: list[Region]):
+    """Rewrite the variable-to-consumers map so each region is one stand-in node.
+
+    Each region becomes one real `Apply` of a `_RegionOp`, whose inputs are
+    the region's inputs and whose outputs are fresh variables, one per region
+    output (an output of the user's graph cannot be given another owner, and
+    the user's graph is left untouched).  Each fresh output gets the
+    consumers of the region output it stands for, and its cotangent in
+    `grad_dict` if one is given there (the cost's seed, ``known_grads``; in
+    place), so ``_populate_grad_dict`` gives both the same cotangent.  The
+    region output itself keeps its entry: a ``wrt`` variable is looked up by
+    itself.  (Such a variable with several consumers then has its cotangent
+    summed twice, once for itself and once for the stand-in's output, from
+    the same terms: two identical sums, which compilation merges.)
+    """
+    stand_in_of = {}  # each region node -> the stand-in of its region
+    fresh_of = {}  # each stand-in -> {region output: the stand-in's output for it}
+    position_of = {}  # each stand-in -> {region input: its position}
     for region in regions:
-        stand_in = _RegionNode(region)
+        stand_in = _RegionOp(region).make_node(*region.inputs)
         for node in region.nodes:
             stand_in_of[node] = stand_in
+        fresh_of[stand_in] = dict(zip(region.outputs, stand_in.outputs, strict=True))
+        position_of[stand_in] = {var: i for i, var in enumerate(region.inputs)}
     collapsed = {}
     for var, apps in var_to_app_to_idx.items():
         producer = stand_in_of.get(var.owner)
-        if producer is not None and var not in producer.output_set:
+        if producer is not None and var not in fresh_of[producer]:
             continue  # interior to a region: never asked for its gradient
         new_apps: dict = {}
         for app, positions in apps.items():
@@ -599,60 +618,78 @@ def _collapse(var_to_app_to_idx, regions: list[Region]):
             if stand_in is None:
                 new_apps[app] = positions
             elif stand_in is not producer:
-                new_apps.setdefault(stand_in, [stand_in.input_position[var]])
+                new_apps.setdefault(stand_in, [position_of[stand_in][var]])
             # else: a region output also read inside its own region; the
             # region's pullback accounts for that use.
         collapsed[var] = new_apps
+        if producer is not None:
+            collapsed[fresh_of[producer][var]] = new_apps
+    for outputs in fresh_of.values():
+        for var, fresh in outputs.items():
+            if var in grad_dict:
+                grad_dict[fresh] = grad_dict[var]
     return collapsed
 
 
-class _RegionNode:
-    """Stands in, for ``grad``'s bookkeeping only, for a whole region.
+class _RegionOp(Op):
+    """A region's forward computation, as one node of ``grad``'s bookkeeping.
 
-    It has what ``grad`` reads of an `Apply` (``op``, ``inputs``, ``outputs``)
-    but is never part of a graph: the user's graph is not touched.
+    :func:`collapse_regions` makes one `Apply` of it per region (see
+    `_collapse`), so that ``_populate_grad_dict`` asks it, like any node, for
+    its `connection_pattern` and its `pullback`: one `LazyPullback` of the
+    region, built without lowering.  The node is never part of a graph and
+    never compiled.
+
+    Its inputs are the region's inputs; its outputs are fresh variables of
+    the types of the region's outputs, in the same order.
     """
 
     def __init__(self, region: Region):
-        self.op = _RegionPullback(region)
-        self.inputs = region.inputs
-        self.outputs = region.outputs
-        self.output_set = set(region.outputs)
-        self.input_position = {var: i for i, var in enumerate(region.inputs)}
-
-
-class _RegionPullback:
-    """The pullback of a region: one `LazyPullback`, built without lowering."""
-
-    destroy_map: dict = {}
-
-    def __init__(self, region: Region):
         self.region = region
-        self._pattern = None
 
     def __str__(self):
-        return f"the {self.region}"
+        return str(self.region)
+
+    def make_node(self, *inputs: Variable) -> Apply:
+        region = self.region
+        if len(inputs) != len(region.inputs) or any(
+            inp.type != expected.type for inp, expected in zip(inputs, region.inputs)
+        ):
+            raise TypeError(
+                f"{self} takes {len(region.inputs)} input(s) of types "
+                f"{[var.type for var in region.inputs]}, got "
+                f"{[getattr(var, 'type', var) for var in inputs]}"
+            )
+        outputs = [out.type(name=out.name) for out in region.outputs]
+        return Apply(self, list(inputs), outputs)
+
+    def perform(self, node, inputs, output_storage):
+        raise NotImplementedError(
+            f"{self} stands for its region in pytensor.grad's bookkeeping only; "
+            "it is never part of a graph to compile (the region's own nodes are)"
+        )
+
+    @cached_property
+    def _pattern(self) -> list[list[bool]]:
+        structural = self.region.connection_pattern()
+        return [
+            [connected and (differentiable or undefined is not None) for connected in row]
+            for row, differentiable, undefined in zip(
+                structural,
+                self.region.differentiable,
+                self.region.undefined,
+                strict=True,
+            )
+        ]
 
     def connection_pattern(self, node):
-        if self._pattern is None:
-            structural = self.region.connection_pattern()
-            self._pattern = [
-                [
-                    connected and (differentiable or undefined is not None)
-                    for connected in row
-                ]
-                for row, differentiable, undefined in zip(
-                    structural,
-                    self.region.differentiable,
-                    self.region.undefined,
-                    strict=True,
-                )
-            ]
+        """The region's pattern, for its inputs on the gradient's path (or of undefined gradient)."""
         return self._pattern
 
     def pullback(self, inputs, outputs, output_grads):
+        """One `LazyPullback` of the region (its real outputs), for the cotangents given."""
         region = self.region
-        pattern = self.connection_pattern(None)
+        pattern = self._pattern
         live = [j for j, g in enumerate(output_grads) if not _is_zero_or_null(g)]
         grads = [disconnected_type() for _ in inputs]
         wrt = []
@@ -664,7 +701,7 @@ class _RegionPullback:
             else:
                 wrt.append(i)
         if wrt:
-            op = LazyPullback.from_graph(inputs, [outputs[j] for j in live], wrt)
+            op = LazyPullback.from_graph(region.inputs, [region.outputs[j] for j in live], wrt)
             cotangents = [output_grads[j] for j in live]  # aligned by make_node
             for i, g in zip(wrt, op(*inputs, *cotangents, return_list=True), strict=True):
                 grads[i] = g

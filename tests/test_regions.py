@@ -14,15 +14,18 @@ import pytensor
 import pytensor.tensor as pt
 import pytensor.xtensor as px
 import pytensor.xtensor.math as pxm
-from pytensor.graph.op import io_connection_pattern
+from pytensor.graph.basic import Apply
+from pytensor.graph.op import Op, io_connection_pattern
 from pytensor.graph.traversal import ancestors, io_toposort
 from pytensor.xtensor.type import XTensorVariable
 
 from helpers import (
     MODE,
+    assert_graph_unchanged,
     assert_lazy,
     assert_same_gradients,
     compile_values,
+    graph_snapshot,
     interior_graph,
     lazy_nodes,
     random_values,
@@ -30,6 +33,7 @@ from helpers import (
     weighted_cost,
 )
 
+from pytensor_lazy_pullback.op import collapse_regions
 from pytensor_lazy_pullback.regions import Region
 
 
@@ -214,3 +218,62 @@ def test_connection_pattern_is_pytensors():
     assert want[0] == [True, False, True, False, True, False]  # Broadcast
     assert want[1] == [False, True, False, False, False, True]  # zeros_like
     assert want[3] == [False, False, False, False, True, False]  # the conversion
+
+
+# ---------------------------------------------------------------------------
+# 6. What grad's bookkeeping sees of a region
+# ---------------------------------------------------------------------------
+
+
+def test_region_is_a_real_apply_with_fresh_outputs_and_the_graph_is_untouched():
+    """Each region is one real `Apply` for ``_populate_grad_dict``, with fresh
+    outputs that get the consumers and the given cotangents of the region
+    outputs they stand for; the user's graph is never changed.
+
+    Three regions in a chain: ``x`` to ``h``, (``h``, ``x``) to ``sin(h) * x``,
+    and that plus the tensor Op's result to the cost.  ``h`` is a ``wrt``
+    variable, output by the first and read by the second and by a tensor Op
+    (through a conversion); the cost is an output of the third.
+    """
+    x = px.xtensor("x", dims=("a", "b"), shape=(3, 4))
+    h = pxm.exp(x * 0.5) * x
+    h.name = "h"
+    cost = weighted_cost(pxm.sin(h) * x + px.as_xtensor(pt.tanh(h.values), dims=("a", "b")))
+    wrt = [x, h]
+    before = graph_snapshot([cost])
+
+    var_to_app_to_idx = pytensor.gradient._populate_var_to_app_to_idx([cost], wrt, None)
+    seed = pt.constant(1.0)
+    grad_dict = {cost: seed}
+    collapsed = collapse_regions(var_to_app_to_idx, grad_dict, wrt)
+    users_nodes = {var.owner for var in ancestors([cost])}
+    stand_ins = list(
+        dict.fromkeys(app for apps in collapsed.values() for app in apps if app not in users_nodes)
+    )
+    assert len(stand_ins) == 3
+    for node in stand_ins:
+        assert type(node) is Apply and isinstance(node.op, Op)
+        assert str(node.op).startswith("region of ")
+        region = node.op.region
+        assert node.inputs == region.inputs
+        assert [out.type for out in node.outputs] == [out.type for out in region.outputs]
+        for out, fresh in zip(region.outputs, node.outputs, strict=True):
+            assert fresh.owner is node and fresh is not out and out.owner in users_nodes
+            assert collapsed.get(fresh) is collapsed.get(out)
+            assert grad_dict.get(fresh) is grad_dict.get(out)
+    assert any(grad_dict.get(fresh) is seed for node in stand_ins for fresh in node.outputs)
+    assert_graph_unchanged(before, graph_snapshot([cost]))
+
+    ours = pt.grad(cost, wrt)
+    assert_graph_unchanged(before, graph_snapshot([cost]))
+    # The stand-ins were bookkeeping only: none reaches the gradient graph.
+    assert not any(
+        var.owner is not None and type(var.owner.op) is type(stand_ins[0].op)
+        for var in ancestors(ours)
+    )
+    assert len(lazy_nodes(ours)) == 3
+    values = random_values([x])
+    assert_same_gradients(ours[:1], reference_grad(cost, [x]), [x], values)
+    # The cotangent of h is the same as when h is the only wrt (no region then).
+    alone = pt.grad(cost, h)
+    np.testing.assert_allclose(*compile_values([x], [ours[1], alone], values), rtol=1e-12)
