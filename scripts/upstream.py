@@ -462,7 +462,7 @@ def method_lines(function: str, method: str, target: SourceFile) -> list[str]:
     source[0] = re.sub(rf"def {function}\((self)(: [\w.]+)?", rf"def {method}(\1", source[0])
     source[0] = source[0].replace("-> list[list[bool]]", "").replace(" -> bool", "")
     body = "\n".join(source)
-    body = re.sub(r"\s*Upstream home: .*?``\.", "", body, flags=re.S)
+    body = re.sub(r"\s*Upstream home:\s.*?``\.", "", body, flags=re.S)
     lines = body.splitlines()
     [new_func] = ast.parse(textwrap.dedent(body)).body
     first = new_func.body[0]
