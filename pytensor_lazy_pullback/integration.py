@@ -124,8 +124,11 @@ def _overrides() -> list[tuple[object, str, Callable]]:
     import pytensor.tensor as pt
     import pytensor.xtensor.vectorization as xvectorization
     from pytensor.graph.rewriting.basic import SequentialGraphRewriter
-    from pytensor.xtensor.basic import Rename, XOp, XTypeCastOp
+    from pytensor.xtensor.basic import Rename, XTypeCastOp
+    from pytensor.xtensor.indexing import Index, IndexUpdate
+    from pytensor.xtensor.shape import Broadcast, ExpandDims, UnStack
     from pytensor.xtensor.type import XTensorType, XTensorVariable
+    from pytensor.xtensor.vectorization import XBlockwise, XElemwise
 
     from pytensor_lazy_pullback import xtensor, xtensor_gradient
     from pytensor_lazy_pullback.rewriting import expand_lazy_pullbacks_below
@@ -181,7 +184,13 @@ def _overrides() -> list[tuple[object, str, Callable]]:
         (graph, "vectorize_graph", graph_vectorize_graph),
         (SequentialGraphRewriter, "__init__", sequential_init),
         (Rename, "pullback", xtensor.rename_pullback),
-        (XOp, "connection_pattern", xtensor.xop_connection_pattern),
+        (Index, "connection_pattern", xtensor.index_connection_pattern),
+        (IndexUpdate, "connection_pattern", xtensor.index_update_connection_pattern),
+        (ExpandDims, "connection_pattern", xtensor.expand_dims_connection_pattern),
+        (UnStack, "connection_pattern", xtensor.unstack_connection_pattern),
+        (Broadcast, "connection_pattern", xtensor.broadcast_connection_pattern),
+        (XElemwise, "connection_pattern", xtensor.xelemwise_connection_pattern),
+        (XBlockwise, "connection_pattern", xtensor.xblockwise_connection_pattern),
         (XTypeCastOp, "pushforward", xtensor.conversion_pushforward),
     ]
     if "in_same_class" not in vars(XTensorType):

@@ -1,8 +1,10 @@
 """The xtensor Ops as an un-lowered family, and what their gradients need of them.
 
 Upstream home: ``pytensor/xtensor/rewriting/lazy_pullback.py``; the methods
-below go on their classes (``Rename.pullback``, ``XOp.connection_pattern``,
-``XTypeCastOp.pushforward``, ``XTensorType.in_same_class``).
+below go on their classes (``Rename.pullback``, the ``connection_pattern`` of
+``Index``, ``IndexUpdate``, ``ExpandDims``, ``UnStack``, ``Broadcast``,
+``XElemwise`` and ``XBlockwise``, ``XTypeCastOp.pushforward``,
+``XTensorType.in_same_class``).
 
 It registers `XTENSOR` (conversions join regions; random draws have no
 gradient; ``MakeSlice`` goes inside a region so the index lowering sees the
@@ -25,8 +27,7 @@ from pytensor.xtensor.basic import (
     XOp,
     XTensorFromTensor,
 )
-from pytensor.xtensor.indexing import Index, IndexUpdate
-from pytensor.xtensor.shape import Broadcast, ExpandDims, UnStack, ones_like, zeros_like
+from pytensor.xtensor.shape import ones_like, zeros_like
 from pytensor.xtensor.type import XTensorType
 from pytensor.xtensor.vectorization import XRV
 
@@ -38,8 +39,14 @@ __all__ = [
     "align_xtensor_cotangent",
     "lower_xtensor_graph",
     "relabel_xtensor_round_trip",
+    "broadcast_connection_pattern",
+    "expand_dims_connection_pattern",
+    "index_connection_pattern",
+    "index_update_connection_pattern",
     "rename_pullback",
-    "xop_connection_pattern",
+    "unstack_connection_pattern",
+    "xblockwise_connection_pattern",
+    "xelemwise_connection_pattern",
     "xtensor_in_same_class",
 ]
 
@@ -93,31 +100,81 @@ def rename_pullback(self, inputs, outputs, output_grads):
     return [Rename(x.type.dims)(align_xtensor_cotangent(out, cotangent))]
 
 
-def xop_connection_pattern(self, node) -> list[list[bool]]:
-    """Which inputs of an xtensor node its outputs depend on differentiably.
+def index_connection_pattern(self, node) -> list[list[bool]]:
+    """Only the indexed variable is connected to the output, not the indices.
 
-    As the lowered graph's own ``connection_pattern`` says, known without
-    lowering: indices and sizes (``Index``, ``IndexUpdate``, ``ExpandDims``,
-    ``UnStack``) are disconnected, ``Broadcast`` connects each input to its
-    own output only, and ``XElemwise``/``XBlockwise`` follow their scalar or
-    core Op (``zeros_like`` does not depend on its input).  So a gradient with
-    respect to an index raises `DisconnectedInputError` at :func:`pytensor.grad`
-    time, as the reference does.  Upstream home: ``connection_pattern`` methods
-    on the Ops in ``pytensor/xtensor/``.
+    As for ``Subtensor`` and ``AdvancedSubtensor``, to which it lowers: a
+    gradient with respect to an index raises `DisconnectedInputError` at
+    :func:`pytensor.grad` time.  Upstream home: ``Index.connection_pattern``
+    in ``pytensor/xtensor/indexing.py``.
     """
-    n_in, n_out = len(node.inputs), len(node.outputs)
-    data_inputs = {Index: 1, IndexUpdate: 2, ExpandDims: 1, UnStack: 1}.get(type(self))
-    if data_inputs is not None:
-        return [[i < data_inputs] * n_out for i in range(n_in)]
-    if isinstance(self, Broadcast):
-        return [[i == j for j in range(n_out)] for i in range(n_in)]
-    inner = getattr(self, "scalar_op", None) or getattr(self, "core_op", None)
-    if hasattr(inner, "connection_pattern"):
-        try:
-            return inner.connection_pattern(node)
-        except Exception:  # a core Op that needs a tensor node
-            pass
-    return [[True] * n_out for _ in range(n_in)]
+    return [[True], *([False] for _ in node.inputs[1:])]
+
+
+def index_update_connection_pattern(self, node) -> list[list[bool]]:
+    """The variable and the new values are connected to the output, not the indices.
+
+    As for ``IncSubtensor`` and ``AdvancedIncSubtensor``, to which it lowers.
+    Upstream home: ``IndexUpdate.connection_pattern`` in
+    ``pytensor/xtensor/indexing.py``.
+    """
+    return [[True], [True], *([False] for _ in node.inputs[2:])]
+
+
+def expand_dims_connection_pattern(self, node) -> list[list[bool]]:
+    """Only the expanded variable is connected to the output, not the new dim's size.
+
+    As for the shape inputs of ``Alloc``.  Upstream home: ``ExpandDims.connection_pattern``
+    in ``pytensor/xtensor/shape.py``.
+    """
+    return [[True], [False]]
+
+
+def unstack_connection_pattern(self, node) -> list[list[bool]]:
+    """Only the unstacked variable is connected to the output, not the new dims' lengths.
+
+    As for the shape input of ``Reshape``.  Upstream home: ``UnStack.connection_pattern``
+    in ``pytensor/xtensor/shape.py``.
+    """
+    return [[True], *([False] for _ in node.inputs[1:])]
+
+
+def broadcast_connection_pattern(self, node) -> list[list[bool]]:
+    """Each output is connected to its own input only.
+
+    The other inputs contribute their dims and lengths, not their values.
+    Upstream home: ``Broadcast.connection_pattern`` in
+    ``pytensor/xtensor/shape.py``.
+    """
+    return [[i == j for j in range(len(node.outputs))] for i in range(len(node.inputs))]
+
+
+def xelemwise_connection_pattern(self, node) -> list[list[bool]]:
+    """The scalar Op's connection pattern, if it has one; otherwise all connected.
+
+    As in ``Elemwise.connection_pattern``, the scalar Op is asked with this
+    node (``second`` connects only its second input, so ``zeros_like`` does
+    not depend on its input).  Upstream home: ``XElemwise.connection_pattern`` in
+    ``pytensor/xtensor/vectorization.py``.
+    """
+    if hasattr(self.scalar_op, "connection_pattern"):
+        return self.scalar_op.connection_pattern(node)
+    return [[True for _ in node.outputs] for _ in node.inputs]
+
+
+def xblockwise_connection_pattern(self, node) -> list[list[bool]]:
+    """The core Op's connection pattern, if it has one; otherwise all connected.
+
+    As in ``Blockwise.connection_pattern``, the core Op is asked with this
+    node: the patterns of PyTensor's Ops depend only on how many inputs and
+    outputs a node has, as many here as in a core node (``Convolve1d`` does
+    not connect its mode input).
+    Upstream home: ``XBlockwise.connection_pattern`` in
+    ``pytensor/xtensor/vectorization.py``.
+    """
+    if hasattr(self.core_op, "connection_pattern"):
+        return self.core_op.connection_pattern(node)
+    return [[True for _ in node.outputs] for _ in node.inputs]
 
 
 def conversion_pushforward(self, inputs, outputs, tangents):

@@ -80,7 +80,23 @@ PUBLIC_NAMES = {
 
 METHODS = {
     "rename_pullback": ("pytensor/xtensor/basic.py", "Rename", "pullback"),
-    "xop_connection_pattern": ("pytensor/xtensor/basic.py", "XOp", "connection_pattern"),
+    "index_connection_pattern": ("pytensor/xtensor/indexing.py", "Index", "connection_pattern"),
+    "index_update_connection_pattern": (
+        "pytensor/xtensor/indexing.py", "IndexUpdate", "connection_pattern"
+    ),
+    "expand_dims_connection_pattern": (
+        "pytensor/xtensor/shape.py", "ExpandDims", "connection_pattern"
+    ),
+    "unstack_connection_pattern": ("pytensor/xtensor/shape.py", "UnStack", "connection_pattern"),
+    "broadcast_connection_pattern": (
+        "pytensor/xtensor/shape.py", "Broadcast", "connection_pattern"
+    ),
+    "xelemwise_connection_pattern": (
+        "pytensor/xtensor/vectorization.py", "XElemwise", "connection_pattern"
+    ),
+    "xblockwise_connection_pattern": (
+        "pytensor/xtensor/vectorization.py", "XBlockwise", "connection_pattern"
+    ),
     "conversion_pushforward": ("pytensor/xtensor/basic.py", "XTypeCastOp", "pushforward"),
     "xtensor_in_same_class": ("pytensor/xtensor/type.py", "XTensorType", "in_same_class"),
     "xtensor_zeros_like": ("pytensor/xtensor/type.py", "XTensorVariable", "zeros_like"),
@@ -505,14 +521,11 @@ def method_edits(src: Path) -> dict[str, SourceFile]:
 
 
 def xtensor_edits(src: Path) -> list[SourceFile]:
-    """``Rename.pullback``, ``XOp.connection_pattern``, ``XTensorType.in_same_class``,
-    the xtensor ``vectorize_graph`` and the graph ``vectorize_graph``."""
+    """:data:`METHODS` (``Rename.pullback``, the xtensor Ops' ``connection_pattern``,
+    ``XTensorType.in_same_class``, ...), the xtensor ``vectorize_graph`` and the
+    graph ``vectorize_graph``."""
     methods = method_edits(src)
-    basic = methods["pytensor/xtensor/basic.py"]
-
-    types = methods["pytensor/xtensor/type.py"]
-
-    vectorization = SourceFile.read(src, "pytensor/xtensor/vectorization.py")
+    vectorization = methods["pytensor/xtensor/vectorization.py"]
     func = find_function(vectorization, "vectorize_graph")
     check_parameters(
         vectorization, func, "vectorize_graph", ["outputs", "replace", "new_tensor_dims"]
@@ -540,7 +553,7 @@ def xtensor_edits(src: Path) -> list[SourceFile]:
             return vectorized
         """,
     )
-    return [basic, types, vectorization, replace]
+    return [*methods.values(), replace]
 
 
 def rewriter_edits(src: Path) -> SourceFile:

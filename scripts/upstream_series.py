@@ -293,6 +293,9 @@ def write_series(src: Path, outdir: Path) -> list[Path]:
 
 GRADIENT = "pytensor/gradient.py"
 BASIC = "pytensor/xtensor/basic.py"
+INDEXING = "pytensor/xtensor/indexing.py"
+SHAPE = "pytensor/xtensor/shape.py"
+VECTORIZATION = "pytensor/xtensor/vectorization.py"
 
 STEPS += [
     Step(
@@ -344,9 +347,12 @@ un-lowered nodes on the gradient's path is differentiated by a single
 graph-level `LazyPullback` node, which takes the region's inputs and
 output cotangents.  The `expand_lazy_pullback` rewrite, first in
 `lower_xtensor`, lowers a private copy of the region and applies the
-ordinary tensor pullbacks.  XOps declare their `connection_pattern`, so
-disconnected inputs are known without lowering; cotangents are matched to
-their variable by dim name; errors of an expansion reach the user.
+ordinary tensor pullbacks.  The XOps with inputs their outputs do not
+depend on differentiably declare a `connection_pattern` (indices and
+sizes are disconnected; `XElemwise` and `XBlockwise` follow their scalar
+or core Op, as `Elemwise` and `Blockwise` do), so disconnected inputs are
+known without lowering; cotangents are matched to their variable by dim
+name; errors of an expansion reach the user.
 """,
         (
             "unlowered",
@@ -360,7 +366,13 @@ their variable by dim name; errors of an expansion reach the user.
             "pytensor/xtensor/rewriting/__init__.py:(module)",
             f"{GRADIENT}:_populate_grad_dict",
             f"{GRADIENT}:_float_ones_like",
-            f"{BASIC}:XOp.connection_pattern",
+            f"{INDEXING}:Index.connection_pattern",
+            f"{INDEXING}:IndexUpdate.connection_pattern",
+            f"{SHAPE}:ExpandDims.connection_pattern",
+            f"{SHAPE}:UnStack.connection_pattern",
+            f"{SHAPE}:Broadcast.connection_pattern",
+            f"{VECTORIZATION}:XElemwise.connection_pattern",
+            f"{VECTORIZATION}:XBlockwise.connection_pattern",
             "pytensor/graph/rewriting/basic.py:SequentialGraphRewriter.apply",
             "pytensor/graph/rewriting/basic.py:(module)",
             "test_grad_basic.py",
@@ -574,7 +586,7 @@ batch dims of its conversions are known.
             "test_hessian.py:test_jacobian_of_gradient",
             "test_hessian.py:test_jacobian_of_a_gradient_wrt_a_plain_tensor",
             f"{GRADIENT}:jacobian",
-            "pytensor/xtensor/vectorization.py:vectorize_graph",
+            f"{VECTORIZATION}:vectorize_graph",
             "op:vectorize_lazy_derivatives",
             "rewriting:expand_lazy_pullbacks_below",
             "pytensor/graph/replace.py:vectorize_graph",
