@@ -38,7 +38,6 @@ feature not added yet), :attr:`Step.earlier` gives the earlier text.
 
 from __future__ import annotations
 
-import ast
 import re
 import shutil
 import subprocess
