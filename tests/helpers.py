@@ -22,6 +22,7 @@ from pytensor.graph.replace import clone_replace
 from pytensor.graph.rewriting.utils import rewrite_graph
 from pytensor.graph.traversal import ancestors, applys_between, graph_inputs
 from pytensor.scan.op import Scan
+from pytensor.tensor.blockwise import Blockwise
 from pytensor.tensor.type import continuous_dtypes
 from pytensor.xtensor.basic import XOp
 from pytensor.xtensor.type import XTensorType
@@ -282,6 +283,25 @@ def check_compiled_graph(fn, ref_fn):
         n_nodes(fn.maker.fgraph),
         n_nodes(ref_fn.maker.fgraph),
     )
+
+
+def batched_cores(nodes):
+    """Names of the core Op types of the ``Blockwise`` nodes among `nodes`."""
+    return sorted(
+        type(node.op.core_op).__name__ for node in nodes if isinstance(node.op, Blockwise)
+    )
+
+
+def check_batched_graph(ours_nodes, ref_nodes):
+    """No batched forward Op (``Einsum``, ``Split``), and no more batched nodes than the reference.
+
+    Where the reference batches the pullback of an ``Einsum`` (an
+    ``OpFromGraph``), ours batches a ``Dot``: the expansion differentiates the
+    inlined ``Einsum``.  (In the in-tree form, only the structure is checked.)
+    """
+    ours, ref = batched_cores(ours_nodes), batched_cores(ref_nodes)
+    assert not {"Einsum", "Split", "OpFromGraph"} & set(ours), ours
+    assert len(ours) <= len(ref), (ours, ref)
 
 
 def xop_nodes(fgraph_nodes):

@@ -142,7 +142,7 @@ def test_row_loop_values(name):
 
 
 @pytest.mark.parametrize("mode", ["NUMBA", "CVM"])
-def test_hessian_nodes_not_above_reference(mode):
+def test_hessian_compiled_graph_against_the_reference(mode):
     x, wt, cost = dense_model()
     ours = gradient.hessian(cost, wt)
     ref = reference_transform(lambda c: gradient.hessian(c, wt), cost)
