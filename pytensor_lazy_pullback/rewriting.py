@@ -655,7 +655,7 @@ def expand_inner_graphs_and_lower(fgraph):
 
 
 optdb.register(
-    "expand_inner_graphs",
+    "expand_inner_graphs_and_lower",
     expand_inner_graphs_and_lower,
     "fast_run",
     "fast_compile",

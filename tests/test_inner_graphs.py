@@ -168,7 +168,7 @@ def test_opfromgraph_holding_xtensor_ops():
 
     # The rewrite rebuilds the node with its inner graph lowered (and the
     # gradient's OpFromGraph with its lazy pullback expanded).
-    rewritten = rewrite_graph(ours, include=("expand_inner_graphs",), clone=True)
+    rewritten = rewrite_graph(ours, include=("expand_inner_graphs_and_lower",), clone=True)
     ofgs = [n.op for n in applys_between([xt, wt], rewritten) if isinstance(n.op, OpFromGraph)]
     assert ofgs
     for op in ofgs:
@@ -257,12 +257,12 @@ def test_nested_scan():
 
 def test_registered_before_scan_and_ofg_rewrites():
     position = optdb.__position__
-    assert position["expand_inner_graphs"] < position["scan_eqopt1"]
-    assert position["expand_inner_graphs"] < position["lower_xtensor"]
+    assert position["expand_inner_graphs_and_lower"] < position["scan_eqopt1"]
+    assert position["expand_inner_graphs_and_lower"] < position["lower_xtensor"]
     # The expansion itself runs first in lower_xtensor, registered only there.
     assert "expand_lazy_pullback" not in optdb.__db__
     assert "expand_lazy_pullback" in lower_xtensor_db.__db__
-    tags = optdb.__db__["expand_inner_graphs"]
+    tags = optdb.__db__["expand_inner_graphs_and_lower"]
     for tag in ("fast_run", "fast_compile", "minimum_compile"):
         assert tag in optdb.__db__ and any(r in optdb.__db__[tag] for r in tags)
 
