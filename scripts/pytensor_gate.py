@@ -23,8 +23,10 @@ regression, and exits 1 if there is one.
 With ``--series``, the patch as the series of ``scripts/upstream_series.py``
 instead: each step is applied in turn (``git am``) to the same repository
 layout, must import (``pytensor``, ``pytensor.gradient``, ``pytensor.xtensor``),
-and the test files it adds or changes must pass there (``--steps`` limits
-which steps' tests run; every step is applied and imported regardless).
+and the test files it adds or changes must pass there, and PyTensor's
+``tests/xtensor``, ``tests/test_gradient.py`` and ``tests/test_rop.py`` show
+no failure that the unpatched tree does not have (``--steps`` limits which
+steps' tests run; every step is applied and imported regardless).
 
 Usage::
 
@@ -155,8 +157,20 @@ def repository_layout(sdist_tree: Path, layout: Path, dest: Path) -> Path:
     return dest
 
 
-def check_series(tree: Path, workdir: Path, steps, linker: str, pytest_args) -> list[str]:
-    """Apply the series step by step to a copy of `tree`; the problems found."""
+SERIES_SUITES = ("tests/xtensor", "tests/test_gradient.py", "tests/test_rop.py")
+"""PyTensor's suites run after each step of the series (``--series``): none of
+their tests that pass on the unpatched tree may fail after any step."""
+
+
+def check_series(
+    tree: Path, layout: Path, workdir: Path, steps, linker: str, pytest_args
+) -> list[str]:
+    """Apply the series step by step to a copy of `tree`; the problems found.
+
+    After each step (of `steps`, if given) the step's own test files run, and
+    :data:`SERIES_SUITES`, compared with their run on the unpatched `layout`.
+    """
+    baseline = run_form("unpatched", layout, SERIES_SUITES, pytest_args, linker, workdir)
     patches = upstream_series.write_series(tree, workdir / "series")
     env = dict(os.environ, PYTHONPATH=str(workdir / "series-tree"))
     if linker != "default":
@@ -183,8 +197,19 @@ def check_series(tree: Path, workdir: Path, steps, linker: str, pytest_args) -> 
             rel for rel in changed
             if Path(rel).name.startswith("test_") and rel.endswith(".py")
         ]
-        if not tests or (steps and index not in steps):
-            log(f"{name}: imports; {'no test file' if not tests else 'tests not run'}")
+        if steps and index not in steps:
+            log(f"{name}: imports; tests not run")
+            return
+        suites = run_form("patched", applied, SERIES_SUITES, pytest_args, linker, workdir)
+        regressions, missing, _, _, _ = pytensor_suites.compare(
+            baseline["outcomes"], suites["outcomes"]
+        )
+        for test in regressions:  # PyTensor's, or the patch's own of any step so far
+            last = suites["messages"].get(test, "").splitlines()[-1:] or [""]
+            problems.append(f"{name}: {test} fails in the suites: {last[0][:200]}")
+        problems.extend(f"{name}: PyTensor's {test} did not run" for test in missing)
+        if not tests:
+            log(f"{name}: imports; PyTensor's suites: no new failure; no test file of its own")
             return
         junit = workdir / f"junit-step{index}.xml"
         proc = subprocess.run(
@@ -328,7 +353,9 @@ def main(argv: list[str] | None = None) -> int:
             tree = pytensor_suites.unpacked_sdist(sdist, cache)
         if args.series:
             base = repository_layout(tree, layout, tmp / "base" / "pytensor")
-            problems = check_series(base, tmp, set(args.steps), args.linker, args.pytest_args)
+            problems = check_series(
+                base, layout, tmp, set(args.steps), args.linker, args.pytest_args
+            )
         else:
             if "patched" in forms:
                 roots["patched"] = patched_tree(tree, layout, tmp / "patched" / "pytensor")
