@@ -51,7 +51,7 @@ def test_pytensor_gradient_suites_pass_with_the_addon():
     assert "no regression" in run_checker("pytensor_suites.py", timeout=1800)
 
 
-GATE_SUITES = ("tests/xtensor", "tests/graph/test_replace.py")
+GATE_SUITES = ("tests/xtensor", "tests/graph/test_replace.py", "tests/graph/rewriting")
 """What CI runs of PyTensor's repository suites (``scripts/pytensor_gate.py`` runs
 more by default: the README's Upstream section says what CI leaves out)."""
 
@@ -59,7 +59,8 @@ more by default: the README's Upstream section says what CI leaves out)."""
 @pytest.mark.pytensor_suites
 def test_pytensors_xtensor_suites_pass_in_both_forms():
     """PyTensor's ``tests/xtensor`` (with the patch's own tests there, in the patched
-    form) and ``tests/graph/test_replace.py``, from the root of PyTensor's repository
+    form), ``tests/graph/test_replace.py`` and ``tests/graph/rewriting`` (both edited
+    by the patch), from the root of PyTensor's repository
     layout under its ``conftest.py``: no test fails with the add-on or on the patched
     tree that passes on PyTensor alone."""
     out = run_checker("pytensor_gate.py", timeout=2400, args=("--suites", *GATE_SUITES))
