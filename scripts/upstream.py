@@ -17,7 +17,8 @@ It writes to OUT a unified diff (``a/...``, ``b/...``; apply it in SRC with
   its in-tree home (:data:`MODULES`), imports rewritten to PyTensor's paths;
 * turns every rebinding made by ``integration.py`` into a direct edit of the
   function or class it replaces, each located by parsing SRC with `ast`
-  (:data:`GRADIENT_HOOKS`, :func:`xtensor_edits`, :func:`import_edits`);
+  (:data:`GRADIENT_HOOKS`, :func:`xtensor_edits`, :func:`rewriter_edits`,
+  :func:`import_edits`);
 * adds PyTensor-style tests under ``tests/xtensor/`` generated from a subset of
   this repository's tests (:data:`TESTS`, plus one helper module), and a
   documentation page under ``doc/library/xtensor/``.
