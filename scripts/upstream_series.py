@@ -351,7 +351,11 @@ depend on differentiably declare a `connection_pattern` (indices and
 sizes are disconnected; `XElemwise` and `XBlockwise` follow their scalar
 or core Op, as `Elemwise` and `Blockwise` do), so disconnected inputs are
 known without lowering; cotangents are matched to their variable by dim
-name; errors of an expansion reach the user.
+name.  An expansion that fails raises a `LazyPullbackExpansionError`
+naming the region; as a `LoweringError` (new, in `pytensor.graph.lowering`)
+`SequentialGraphRewriter.apply` re-raises it as it does an
+`AssertionError` instead of logging it under `on_opt_error="warn"`: a lazy
+node left unexpanded could not be run.
 """,
         (
             "unlowered",
