@@ -214,9 +214,15 @@ def _float_dtype(var: Variable) -> str:
 
 
 def _zero_tangent(var: Variable) -> Variable:
-    """A zero tangent for `var`, disconnected if it has no zeros (a non-tensor)."""
+    """A zero tangent for `var`, disconnected if it has no zeros (a non-tensor).
+
+    Of `var`'s own dtype, as PyTensor's ``_pushforward_direct`` gives a leaf
+    off the tangents' path: an Op may require its tangents typed like its
+    inputs (``OpFromGraph``'s pushforward does, so an integer input of an
+    ``Einsum`` needs integer zeros).
+    """
     try:
-        return gradient._float_zeros_like(var)
+        return var.zeros_like()
     except Exception:
         return disconnected_type()
 

@@ -306,3 +306,39 @@ def test_pushforward_of_a_region_that_outputs_its_input(use_op_pushforward):
             lambda w: forward(w[0])[j], np.array([value]), np.array([tangent])
         )
         np.testing.assert_allclose(got[j], jvp, rtol=1e-6)
+
+
+@pytest.mark.parametrize("use_op_pushforward", [False, True])
+def test_pushforward_through_an_op_with_an_integer_input_off_the_path(use_op_pushforward):
+    """Regression (the fuzzer): ``dot`` of an integer labelled vector with a function
+    of ``wrt`` lowers to an ``Einsum``, whose own pushforward (an ``OpFromGraph``'s)
+    requires each tangent typed like its input.  The integer input is off the
+    tangents' path: its zero tangent must be integer, as PyTensor gives a leaf;
+    a float zero made the expansion fail with a TypeError."""
+    counts = pt.tensor("counts", shape=(2,), dtype="int64")
+    n = px.as_xtensor(counts, dims=("d",))
+    v = pt.matrix("v", shape=(3, 2))
+    x = px.as_xtensor(v, dims=("a", "d"))
+    y = px.dot(n, pxm.tanh(x), dim="d")
+    tv = pt.matrix("tv", shape=(3, 2))
+    ours = gradient.pushforward(
+        y, x, px.as_xtensor(tv, dims=("a", "d")), use_op_pushforward=use_op_pushforward
+    )
+    fn = pytensor.function([counts, v, tv], ours.values, mode=MODE)
+    counts_value = np.array([2, -3])
+    values, tangent = random_values([v, tv])
+    got = fn(counts_value, values, tangent)
+    # The reference: PyTensor's pullback of a pullback of the lowered graph (its
+    # use_op_pushforward=True stops at the conversions, which have no pushforward
+    # in PyTensor 3.3), and finite differences.
+    [lowered] = lower([y])
+    reference = gradient.pushforward(lowered.values, v, tv, use_op_pushforward=False)
+    want = pytensor.function([counts, v, tv], reference, mode=MODE)(
+        counts_value, values, tangent
+    )
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    forward = pytensor.function([counts, v], y.values, mode=MODE)
+    jvp = _jvp_by_central_differences(
+        lambda w: forward(counts_value, w.reshape(3, 2)), values.ravel(), tangent.ravel()
+    )
+    np.testing.assert_allclose(got, jvp, rtol=1e-6)
