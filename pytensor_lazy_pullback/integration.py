@@ -133,13 +133,13 @@ def _overrides() -> list[tuple[object, str, Callable]]:
     from pytensor_lazy_pullback import xtensor, xtensor_gradient
     from pytensor_lazy_pullback.rewriting import expand_lazy_pullbacks_below
 
-    def family_jacobian(expression, *args):
+    def xtensor_jacobian(expression, *args):
         # (In the patch, the same test and call at the start of jacobian.)
-        if _op.has_family_variables(expression):
+        if _op.has_xtensor_variables(expression):
             return xtensor_gradient.jacobian(expression, *args)
         return None
 
-    jacobian = _helper_first(family_jacobian, "jacobian")
+    jacobian = _helper_first(xtensor_jacobian, "jacobian")
 
     original_sequential_init = SequentialGraphRewriter.__init__
 
@@ -294,8 +294,8 @@ def pushforward(
     return_disconnected="zero",
     use_op_pushforward=False,
 ):
-    if _op.has_family_variables(f, wrt, tangents):
-        return _op.family_pushforward(
+    if _op.has_xtensor_variables(f, wrt, tangents):
+        return _op.xtensor_pushforward(
             f, wrt, tangents, disconnected_outputs, return_disconnected, use_op_pushforward
         )
     return _originals["pushforward"](

@@ -6,7 +6,7 @@ Besides the Ops, this module holds what ``pytensor/gradient.py`` calls at the
 start of the functions it hooks: :func:`collapse_regions`
 (``_populate_grad_dict``), :func:`lazy_ones_like` (``_float_ones_like``),
 :func:`pushforward_through_regions` (``_pushforward_direct``) and
-:func:`has_family_variables` with :func:`family_pushforward`
+:func:`has_xtensor_variables` with :func:`xtensor_pushforward`
 (``pushforward``).  Each returns ``None`` (or ``False``) where PyTensor's own
 code applies unchanged.  :func:`populate_var_to_app_to_idx` is the body of
 ``_populate_var_to_app_to_idx``.
@@ -38,23 +38,22 @@ from pytensor_lazy_pullback.regions import Region, find_regions
 from pytensor_lazy_pullback.unlowered import (
     LazyRegionOp,
     align_cotangent,
-    families,
-    family_of,
     is_conversion,
     is_unlowered,
+    is_xtensor_variable,
 )
 
 __all__ = [
     "LazyPullback",
     "LazyPushforward",
     "collapse_regions",
-    "family_pushforward",
-    "has_family_variables",
+    "has_xtensor_variables",
     "lazy_ones_like",
     "populate_var_to_app_to_idx",
     "pushforward_by_pullbacks",
     "pushforward_through_regions",
     "vectorize_lazy_derivatives",
+    "xtensor_pushforward",
 ]
 
 
@@ -308,14 +307,15 @@ def collapse_regions(var_to_app_to_idx, grad_dict, wrt):
     """The map of ``_populate_grad_dict`` with each un-lowered region as one node.
 
     Called at the start of ``pytensor.gradient._populate_grad_dict``.  Aligns
-    the given cotangents of a family's variables (in place in `grad_dict`), finds the regions of un-lowered nodes on the gradient's path,
+    the given cotangents of xtensor variables by dim name (in place in
+    `grad_dict`), finds the regions of un-lowered nodes on the gradient's path,
     and returns `var_to_app_to_idx` rewritten so that each region is a single
     node whose pullback is one `LazyPullback` (unchanged if there is no
     region).  That node is a real `Apply` of a private Op, with fresh outputs
     (see `_collapse`); the user's graph is not modified.
     """
     for var, cotangent in list(grad_dict.items()):
-        if family_of(var.type) is not None and not _is_zero_or_null(cotangent):
+        if is_xtensor_variable(var) and not _is_zero_or_null(cotangent):
             grad_dict[var] = align_cotangent(var, cotangent)
     regions = find_regions(var_to_app_to_idx, cuts={*wrt, *grad_dict}, known=grad_dict.keys())
     if regions:
@@ -332,7 +332,7 @@ def lazy_ones_like(x):
     scalar.
     """
     if x.type.ndim == 0 and (
-        family_of(x.type) is not None
+        is_xtensor_variable(x)
         or any(var.owner is not None and is_unlowered(var.owner) for var in ancestors([x]))
     ):
         dtype = _float_dtype(x)
@@ -353,10 +353,10 @@ def pushforward_through_regions(f, wrt, tangents, disconnected_outputs, return_d
     return None
 
 
-def has_family_variables(*arguments) -> bool:
-    """Whether any of `arguments` (variables or lists of them) is a variable of an un-lowered family."""
+def has_xtensor_variables(*arguments) -> bool:
+    """Whether any of `arguments` (variables or lists of them) is an ``XTensorVariable``."""
     return any(
-        isinstance(var, Variable) and family_of(var.type) is not None
+        isinstance(var, Variable) and is_xtensor_variable(var)
         for argument in arguments
         for var in _as_list(argument)
     )
@@ -516,7 +516,7 @@ def _broadcast_tangent(var: Variable, tangent: Variable) -> Variable:
     return tangent
 
 
-def family_pushforward(
+def xtensor_pushforward(
     f,
     wrt,
     tangents,
@@ -524,7 +524,7 @@ def family_pushforward(
     return_disconnected="zero",
     use_op_pushforward=False,
 ):
-    """:func:`pytensor.gradient.pushforward` for arguments of an un-lowered family (XTensorVariables).
+    """:func:`pytensor.gradient.pushforward` where an argument is an ``XTensorVariable``.
 
     With such outputs, inputs or tangents, each region of un-lowered Ops
     is one lazy `LazyPushforward`, expanded as `use_op_pushforward` says
@@ -721,17 +721,14 @@ def _vectorize_lazy_region_op(op, node, *batched_inputs):
 
     ``vectorize_graph`` (and so ``jacobian(vectorize=True)``) cannot batch an
     opaque region; its expansion is an ordinary graph that it can, with the
-    family's own vectorizer if it has one.
+    xtensor conversions it holds batched by `vectorize_expansion`.
     """
     from pytensor_lazy_pullback.rewriting import expand_lazy_pullback
+    from pytensor_lazy_pullback.xtensor_transforms import vectorize_expansion
 
     replacements = expand_lazy_pullback.transform(None, node)
     expansion = [replacements[out] for out in node.outputs]
-    vectorize = next(
-        (family.vectorize for family in families() if family.vectorize is not None),
-        vectorize_graph,
-    )
-    return vectorize(expansion, dict(zip(node.inputs, batched_inputs, strict=True)))
+    return vectorize_expansion(expansion, dict(zip(node.inputs, batched_inputs, strict=True)))
 
 
 def vectorize_lazy_derivatives(outputs, replace):
@@ -745,10 +742,10 @@ def vectorize_lazy_derivatives(outputs, replace):
     rest as it does).  Otherwise the lazy derivatives are expanded first, as
     the xtensor ``vectorize_graph`` does, so what the reference (lower first,
     then ``grad``) does not depend on, ours does not either.  Outside them a
-    derivative still holds the family's conversions of the forward values
+    derivative still holds the xtensor conversions of the forward values
     they read (``x.values.shape``, say) and the conversions' own pullbacks,
     which PyTensor refuses to batch along a plain tensor's new axis: it has
-    no name for the new dim.  The family's vectorizer batches those, with the
+    no name for the new dim.  `vectorize_expansion` batches those, with the
     names of the batched labelled inputs' new dims, or names that stay inside
     the graph.
     """
@@ -767,12 +764,11 @@ def vectorize_lazy_derivatives(outputs, replace):
     for node in toposort(expanded, blockers=keys):
         if any(inp in depends for inp in node.inputs):
             depends.update(node.outputs)
-            needs_a_name |= family_of(node.op) is not None
-    vectorize = next(
-        (family.vectorize for family in families() if family.vectorize is not None), None
-    )
-    if needs_a_name and vectorize is not None:
-        vectorized = vectorize(expanded, dict(replace), name_labelled_results=False)
+            needs_a_name |= is_unlowered(node)
+    if needs_a_name:
+        from pytensor_lazy_pullback.xtensor_transforms import vectorize_expansion
+
+        vectorized = vectorize_expansion(expanded, dict(replace), name_labelled_results=False)
         if vectorized is None:
             return None
     else:

@@ -46,7 +46,7 @@ class Region:
     nodes
         The region's nodes in topological order, including the nodes put
         inside because the lowering must see them (see
-        `~pytensor_lazy_pullback.unlowered.UnloweredFamily.structural_ops`) and
+        `~pytensor_lazy_pullback.unlowered.is_structural`) and
         the ordinary nodes between a lazy derivative and the regions it reads.
     inputs
         The non-constant variables the region reads from the outer graph.
@@ -107,7 +107,7 @@ def find_regions(
     """Find the regions of un-lowered nodes on the gradient's path.
 
     Conversion nodes (see
-    `~pytensor_lazy_pullback.unlowered.UnloweredFamily.conversions`) join the
+    `~pytensor_lazy_pullback.unlowered.is_conversion`) join the
     region they touch, on the gradient's path or feeding it from off the path,
     so a region's boundary is made of ordinary variables wherever the graph
     has them; groups of conversions only are not regions.

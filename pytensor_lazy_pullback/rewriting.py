@@ -35,6 +35,7 @@ from pytensor.graph.rewriting.basic import (
     graph_rewriter,
     node_rewriter,
 )
+from pytensor.graph.rewriting.db import RewriteDatabaseQuery
 from pytensor.graph.op import Op
 from pytensor.graph.traversal import toposort
 from pytensor.scan.op import Scan
@@ -50,10 +51,9 @@ from pytensor_lazy_pullback.op import (
 from pytensor_lazy_pullback.unlowered import (
     LazyRegionOp,
     LoweringError,
-    families,
-    family_of,
     is_conversion,
     is_unlowered,
+    is_xtensor_variable,
     op_names,
 )
 
@@ -479,11 +479,10 @@ def _find_forward(
 def lower_graph(fgraph: FunctionGraph) -> None:
     """Lower every un-lowered node of a private `fgraph` in place.
 
-    Expands its `LazyPullback`\\ s and `LazyPushforward`\\ s, then runs the
-    lowering of each family present, and raises `NotImplementedError`
-    naming the Op and the variable if an un-lowered node survives.
-    Conversions may remain where the graph's own inputs or outputs are of an
-    un-lowered family.
+    Expands its `LazyPullback`\\ s and `LazyPushforward`\\ s, then runs
+    ``lower_xtensor``, and raises `NotImplementedError` naming the Op and the
+    variable if an un-lowered node survives.  Conversions may remain where
+    the graph's own inputs or outputs are xtensor variables.
     """
     _lower_unchecked(fgraph)
     for node in fgraph.toposort():
@@ -497,11 +496,14 @@ def lower_graph(fgraph: FunctionGraph) -> None:
 
 
 def _lower_unchecked(fgraph: FunctionGraph) -> None:
-    """Expand the lazy derivatives of `fgraph`, then lower each un-lowered family in it."""
+    """Expand the lazy derivatives of `fgraph`, then lower its xtensor Ops.
+
+    ``optdb`` is queried at each call (a tenth of a millisecond), so lowering
+    rewrites registered later take part.
+    """
     _EXPAND_ALL.rewrite(fgraph)
-    for family in families():
-        if any(isinstance(node.op, family.ops) for node in fgraph.apply_nodes):
-            family.lower(fgraph)
+    if any(is_unlowered(node) for node in fgraph.apply_nodes):
+        optdb.query(RewriteDatabaseQuery(include=["lower_xtensor"])).rewrite(fgraph)
 
 
 @node_rewriter([LazyPullback, LazyPushforward])
@@ -748,7 +750,7 @@ def _expand_all(fgraph: FunctionGraph) -> None:
 
 
 def _zeros_like(var: Variable) -> Variable:
-    if family_of(var.type) is not None:
+    if is_xtensor_variable(var):
         return gradient._float_zeros_like(var)
     return var.zeros_like()
 
@@ -756,13 +758,14 @@ def _zeros_like(var: Variable) -> Variable:
 def _like(out: Variable, value: Variable) -> Variable:
     """Give `value` the dtype and type of the node output `out` it replaces.
 
-    A round trip through tensors that relabels a variable of an un-lowered
-    family is spelled as the family says (see
-    `~pytensor_lazy_pullback.unlowered.UnloweredFamily.relabel_round_trips`).
+    A round trip through tensors that relabels an xtensor variable is spelled
+    ``Rename`` (see
+    `~pytensor_lazy_pullback.xtensor.relabel_xtensor_round_trip`).
     """
-    family = family_of(out.type)
-    if family is not None and family.relabel_round_trips is not None:
-        value = family.relabel_round_trips(value)
+    if is_xtensor_variable(out):
+        from pytensor_lazy_pullback.xtensor import relabel_xtensor_round_trip
+
+        value = relabel_xtensor_round_trip(value)
     if value.type.dtype != out.type.dtype:
         value = value.astype(out.type.dtype)
     return out.type.filter_variable(value)

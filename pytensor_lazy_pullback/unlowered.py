@@ -1,145 +1,104 @@
-"""Un-lowered Ops: the families that must be lowered before they are differentiated or run.
+"""Un-lowered Ops: those that must be lowered before they are differentiated or run.
 
 Upstream home: ``pytensor/graph/lowering.py``.
 
 An un-lowered Op has no pullback of its own: a lowering rewrite replaces it
-by ordinary Ops first.  There are two kinds:
+by ordinary Ops first.  PyTensor has two kinds:
 
-* the Ops of a registered `UnloweredFamily` (:mod:`pytensor.xtensor` is one,
-  registered by ``pytensor/xtensor/rewriting/lazy_pullback.py``);
+* the :mod:`pytensor.xtensor` Ops, which the ``lower_xtensor`` rewrites lower;
 * the lazy derivatives themselves (subclasses of `LazyRegionOp`), which the
-  ``expand_lazy_pullback`` rewrite expands.
+  ``expand_lazy_pullback`` rewrite, first in ``lower_xtensor``, expands.
+
+The checks below look for xtensor classes only once :mod:`pytensor.xtensor`
+is imported: no graph holds its Ops or variables before, and
+:func:`pytensor.grad` of a tensor graph should not import it (importing it
+registers its rewrites).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+import sys
+from collections.abc import Iterable, Sequence
+from functools import cache
 
 from pytensor.graph.basic import Apply, Variable
-from pytensor.graph.fg import FrozenFunctionGraph, FunctionGraph
+from pytensor.graph.fg import FrozenFunctionGraph
 from pytensor.graph.op import HasInnerGraph, Op
-from pytensor.graph.type import Type
 
 __all__ = [
     "LazyPullbackNotExpandedError",
     "LazyRegionOp",
     "LoweringError",
-    "UnloweredFamily",
     "align_cotangent",
-    "family_of",
     "is_conversion",
     "is_unlowered",
+    "is_xtensor_variable",
     "op_names",
-    "register_unlowered_family",
 ]
 
 
-@dataclass(frozen=True)
-class UnloweredFamily:
-    """A family of Ops that a lowering rewrite replaces by ordinary Ops.
+def _xtensor_imported() -> bool:
+    """Whether :mod:`pytensor.xtensor` is imported (see the module's docstring)."""
+    return "pytensor.xtensor" in sys.modules
 
-    Attributes
-    ----------
-    ops
-        The family's Op classes (subclasses included).  :func:`pytensor.grad`
-        gathers their nodes into regions, each differentiated by one
-        `LazyPullback`.
-    conversions
-        Those of `ops` that only convert between the family's variables and
-        tensors: they have a pullback of their own and may stay at the
-        boundary of a lowered graph.  They join the regions they touch; a
-        group of conversions alone is not a region.
-    lower
-        ``lower(fgraph)`` replaces, in place, every Op of the family in a
-        private `FunctionGraph` by ordinary Ops.
-    variable_type
-        The `Type` class of the family's own variables.
-    align_cotangent
-        ``align_cotangent(var, cotangent)`` returns `cotangent` arranged like
-        `var` (a variable of `variable_type`), or raises a `TypeError` that
-        names `var` and says what is expected.
-    undefined_gradient
-        ``(op_class, reason)`` pairs: Ops through which the gradient is
-        undefined (e.g. random draws), refused at :func:`pytensor.grad` time.
-    structural_ops
-        Ops whose outputs a lowering must see as they are (e.g. ``MakeSlice``
-        for indexing): a node of one that feeds a region is put inside it.
-    vectorize
-        ``vectorize(outputs, replace, name_labelled_results=True)``: how
-        ``vectorize_graph`` batches an expansion that holds the family's
-        conversions, if :func:`pytensor.graph.replace.vectorize_graph` cannot;
-        ``None`` if a dim no batched input names would reach a result of the
-        family and `name_labelled_results` is false.
-    relabel_round_trips
-        ``relabel_round_trips(var)``: `var`, a result of an expansion of the
-        family's type, with a round trip out of the family and back that
-        changes its type (as a lowered pullback makes of a cotangent that
-        only a relabelling carries to its input) spelled as the family's own
-        relabelling, which its rewrites know.
+
+@cache
+def _xtensor_ops() -> tuple[type[Op], ...]:
+    """The xtensor Op classes: `XOp` and, after it, the conversions.
+
+    The conversions (``Rename``, ``XTensorFromTensor``, ``TensorFromXTensor``)
+    only convert between xtensor variables and tensors: they have a pullback
+    of their own and may stay at the boundary of a lowered graph.  They join
+    the regions they touch; a group of conversions alone is not a region.
     """
+    from pytensor.xtensor.basic import Rename, TensorFromXTensor, XOp, XTensorFromTensor
 
-    ops: tuple[type[Op], ...]
-    conversions: tuple[type[Op], ...]
-    lower: Callable[[FunctionGraph], None]
-    variable_type: type[Type]
-    align_cotangent: Callable[[Variable, Variable], Variable]
-    undefined_gradient: tuple[tuple[type[Op], str], ...] = ()
-    structural_ops: tuple[type[Op], ...] = ()
-    vectorize: Callable[..., list[Variable] | None] | None = None
-    relabel_round_trips: Callable[[Variable], Variable] | None = None
+    return XOp, Rename, XTensorFromTensor, TensorFromXTensor
 
 
-_families: list[UnloweredFamily] = []
+def is_xtensor_variable(var: Variable) -> bool:
+    """Whether `var` is an ``XTensorVariable``."""
+    if not _xtensor_imported():
+        return False
+    from pytensor.xtensor.type import XTensorType
 
-
-def register_unlowered_family(family: UnloweredFamily) -> None:
-    """Make :func:`pytensor.grad` differentiate the Ops of `family` lazily."""
-    if family not in _families:
-        _families.append(family)
-
-
-def families() -> tuple[UnloweredFamily, ...]:
-    """The registered families."""
-    return tuple(_families)
-
-
-def family_of(op_or_type: Op | Type) -> UnloweredFamily | None:
-    """The family an Op belongs to, or whose variables have a `Type`; else ``None``."""
-    for family in _families:
-        if isinstance(op_or_type, family.ops) or isinstance(op_or_type, family.variable_type):
-            return family
-    return None
+    return isinstance(var.type, XTensorType)
 
 
 def is_unlowered(node: Apply) -> bool:
     """Whether `node` must be lowered (or expanded) before it is differentiated or run."""
-    return isinstance(node.op, LazyRegionOp) or family_of(node.op) is not None
+    return isinstance(node.op, LazyRegionOp) or (
+        _xtensor_imported() and isinstance(node.op, _xtensor_ops())
+    )
 
 
 def is_conversion(node: Apply) -> bool:
-    """Whether `node` is a conversion of its family (see `UnloweredFamily`)."""
-    family = family_of(node.op)
-    return family is not None and isinstance(node.op, family.conversions)
+    """Whether `node` converts between xtensor variables and tensors (see `_xtensor_ops`)."""
+    return _xtensor_imported() and isinstance(node.op, _xtensor_ops()[1:])
 
 
 def undefined_gradient_reason(node: Apply) -> str | None:
-    """Why the gradient through `node` is undefined, or ``None`` if it is not."""
-    family = family_of(node.op)
-    if family is not None:
-        for op_class, reason in family.undefined_gradient:
-            if isinstance(node.op, op_class):
-                return reason
+    """Why the gradient through `node` is undefined (a random draw), or ``None``."""
+    if _xtensor_imported():
+        from pytensor.xtensor.vectorization import XRV
+
+        if isinstance(node.op, XRV):
+            return "No gradient defined for random variables"
     return None
 
 
 def is_structural(node: Apply) -> bool:
-    """Whether `node` goes inside the region it feeds (see `UnloweredFamily.structural_ops`)."""
-    return any(isinstance(node.op, family.structural_ops) for family in _families)
+    """Whether `node` goes inside the region it feeds.
+
+    A ``MakeSlice``: the index lowering must see the slice itself.
+    """
+    from pytensor.tensor.type_other import MakeSlice
+
+    return isinstance(node.op, MakeSlice)
 
 
 def align_cotangent(var: Variable, cotangent: Variable) -> Variable:
-    """Arrange `cotangent` like `var`, by the rules of `var`'s family.
+    """Arrange `cotangent` like `var`: an xtensor cotangent is matched **by dim name**.
 
     Raises
     ------
@@ -147,9 +106,10 @@ def align_cotangent(var: Variable, cotangent: Variable) -> Variable:
         If `cotangent` cannot be the cotangent of `var` (the message names
         both and says what is expected).
     """
-    family = family_of(var.type)
-    if family is not None:
-        return family.align_cotangent(var, cotangent)
+    if is_xtensor_variable(var):
+        from pytensor_lazy_pullback.xtensor import align_xtensor_cotangent
+
+        return align_xtensor_cotangent(var, cotangent)
     if getattr(cotangent.type, "ndim", None) != getattr(var.type, "ndim", None):
         raise TypeError(
             f"The cotangent {cotangent} of type {cotangent.type} does not match "

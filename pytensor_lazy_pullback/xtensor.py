@@ -1,4 +1,4 @@
-"""The xtensor Ops as an un-lowered family, and what their gradients need of them.
+"""What the gradients of xtensor Ops need of them, and the expansion's place in ``lower_xtensor``.
 
 Upstream home: ``pytensor/xtensor/rewriting/lazy_pullback.py``; the methods
 below go on their classes (``Rename.pullback``, the ``connection_pattern`` of
@@ -6,38 +6,24 @@ below go on their classes (``Rename.pullback``, the ``connection_pattern`` of
 ``XElemwise`` and ``XBlockwise``, ``XTypeCastOp.pushforward``,
 ``XTensorType.in_same_class``).
 
-It registers `XTENSOR` (conversions join regions; random draws have no
-gradient; ``MakeSlice`` goes inside a region so the index lowering sees the
-slice; cotangents are aligned to their variable **by dim name**), and puts
-``expand_lazy_pullback`` and ``expand_inner_graphs`` first in
-``lower_xtensor``.
+Cotangents are aligned to their variable **by dim name**
+(:func:`align_xtensor_cotangent`).  ``expand_lazy_pullback`` and
+``expand_inner_graphs`` go first in ``lower_xtensor``.
 """
 
 from __future__ import annotations
 
 from pytensor.gradient import DisconnectedType
 from pytensor.graph.basic import Variable
-from pytensor.graph.fg import FunctionGraph
-from pytensor.graph.rewriting.db import RewriteDatabaseQuery
-from pytensor.tensor.type_other import MakeSlice
 from pytensor.xtensor.rewriting.utils import lower_xtensor_db
-from pytensor.xtensor.basic import (
-    Rename,
-    TensorFromXTensor,
-    XOp,
-    XTensorFromTensor,
-)
+from pytensor.xtensor.basic import Rename, TensorFromXTensor, XTensorFromTensor
 from pytensor.xtensor.shape import ones_like, zeros_like
 from pytensor.xtensor.type import XTensorType
-from pytensor.xtensor.vectorization import XRV
 
 from pytensor_lazy_pullback.rewriting import expand_inner_graphs, expand_lazy_pullback, graph_wide
-from pytensor_lazy_pullback.unlowered import UnloweredFamily, register_unlowered_family
-from pytensor_lazy_pullback.xtensor_transforms import vectorize_expansion
 
 __all__ = [
     "align_xtensor_cotangent",
-    "lower_xtensor_graph",
     "relabel_xtensor_round_trip",
     "broadcast_connection_pattern",
     "expand_dims_connection_pattern",
@@ -49,17 +35,6 @@ __all__ = [
     "xelemwise_connection_pattern",
     "xtensor_in_same_class",
 ]
-
-
-def lower_xtensor_graph(fgraph: FunctionGraph) -> None:
-    """Lower every xtensor Op of a private `fgraph` in place.
-
-    ``optdb`` is queried at each call (a tenth of a millisecond), so lowering
-    rewrites registered after this module was imported take part.
-    """
-    from pytensor.compile import optdb
-
-    optdb.query(RewriteDatabaseQuery(include=["lower_xtensor"])).rewrite(fgraph)
 
 
 def align_xtensor_cotangent(var: Variable, cotangent: Variable) -> Variable:
@@ -253,21 +228,6 @@ def xtensor_in_same_class(self: XTensorType, otype) -> bool:
         and otype.broadcastable == self.broadcastable
     )
 
-
-XTENSOR = UnloweredFamily(
-    ops=(XOp, Rename, XTensorFromTensor, TensorFromXTensor),
-    conversions=(Rename, XTensorFromTensor, TensorFromXTensor),
-    lower=lower_xtensor_graph,
-    variable_type=XTensorType,
-    align_cotangent=align_xtensor_cotangent,
-    undefined_gradient=((XRV, "No gradient defined for random variables"),),
-    structural_ops=(MakeSlice,),
-    vectorize=vectorize_expansion,
-    relabel_round_trips=relabel_xtensor_round_trip,
-)
-"""The xtensor Ops as an un-lowered family."""
-
-register_unlowered_family(XTENSOR)
 
 # First in ``lower_xtensor``: a graph rewriter of an equilibrium runs before
 # its node rewriters (the forward pass is still un-lowered, so an expansion

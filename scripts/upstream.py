@@ -339,10 +339,10 @@ GRADIENT_HOOKS = [
         ["f", "wrt", "tangents", "disconnected_outputs", "return_disconnected",
          "use_op_pushforward"],
         """\
-        from pytensor.gradient_lazy import family_pushforward, has_family_variables
+        from pytensor.gradient_lazy import has_xtensor_variables, xtensor_pushforward
 
-        if has_family_variables(f, wrt, tangents):
-            return family_pushforward(
+        if has_xtensor_variables(f, wrt, tangents):
+            return xtensor_pushforward(
                 f, wrt, tangents, disconnected_outputs, return_disconnected, use_op_pushforward
             )
         """,
@@ -351,9 +351,9 @@ GRADIENT_HOOKS = [
         "jacobian",
         ["expression", "wrt", "consider_constant", "disconnected_inputs", "vectorize"],
         """\
-        from pytensor.gradient_lazy import has_family_variables
+        from pytensor.gradient_lazy import has_xtensor_variables
 
-        if has_family_variables(expression):
+        if has_xtensor_variables(expression):
             from pytensor.xtensor import gradient as xtensor_gradient
 
             return xtensor_gradient.jacobian(
@@ -689,6 +689,11 @@ def module_paths() -> dict[str, str]:
 def rewrite_names(text: str) -> str:
     """Rewrite ``pytensor_lazy_pullback.X`` (imports, docstrings, messages) to in-tree paths."""
     mapping = module_paths()
+    for function, rel in FUNCTIONS.items():  # imported from where it lives in the tree
+        text = text.replace(
+            f"from pytensor_lazy_pullback.{METHODS_MODULE.removesuffix('.py')} import {function}\n",
+            f"from {dotted(rel)} import {function}\n",
+        )
     pattern = re.compile(
         r"pytensor_lazy_pullback\.(" + "|".join(
             re.escape(k.split(".", 1)[1]) for k in sorted(mapping, key=len, reverse=True)

@@ -509,9 +509,9 @@ OpFromGraphs with their inner graphs expanded and lowered before
             ),
             (
                 "regions",
-                "`~pytensor.graph.lowering.UnloweredFamily.structural_ops`) and\n"
+                "`~pytensor.graph.lowering.is_structural`) and\n"
                 "        the ordinary nodes between a lazy derivative and the regions it reads.\n",
-                "`~pytensor.graph.lowering.UnloweredFamily.structural_ops`).\n",
+                "`~pytensor.graph.lowering.is_structural`).\n",
             ),
         ),
     ),
@@ -528,12 +528,12 @@ get a linear `pushforward`.
             "op:LazyPushforward",
             "op:_tangent_type",
             "op:pushforward_through_regions",
-            "op:has_family_variables",
+            "op:has_xtensor_variables",
             "op:_lazy_pushforward",
             "op:_collapsed_toposort",
             "op:_region_pushforward",
             "op:_broadcast_tangent",
-            "op:family_pushforward",
+            "op:xtensor_pushforward",
             "op:pushforward_by_pullbacks",
             "op:_as_list",
             "rewriting:_lowered_pushforward",
@@ -600,7 +600,6 @@ batch dims of its conversions are known.
             "test_vectorize.py",
         ),
         earlier=(
-            ("xtensor", "    vectorize=vectorize_expansion,\n", ""),
             ("doc", ".. automodule:: pytensor.xtensor.gradient\n   :members:\n\n", ""),
         ),
     ),

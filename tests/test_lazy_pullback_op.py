@@ -7,7 +7,9 @@ include=("lower_xtensor",))`` expands it too; ``dprint`` shows its region;
 it pickles; identical lazy gradients merge.
 """
 
+import functools
 import pickle
+import sys
 
 import numpy as np
 import pytensor
@@ -21,8 +23,7 @@ from pytensor.graph.rewriting.utils import rewrite_graph
 from pytensor.tensor.elemwise import CAReduce
 from pytensor.xtensor.basic import XOp
 
-import dataclasses
-
+import pytensor_lazy_pullback.rewriting as lazy_rewriting
 import pytensor_lazy_pullback.unlowered as unlowered
 from pytensor_lazy_pullback import LazyPullback, expand_lazy_pullbacks
 from helpers import (
@@ -169,12 +170,10 @@ def test_no_lowering_rewrite_runs_inside_grad(monkeypatch):
     monkeypatch.setattr(lower_reduce, "transform", reduce_lowerings.wrap(lower_reduce.transform))
     sum_pullbacks = Counter()
     monkeypatch.setattr(ptm.Sum, "pullback", sum_pullbacks.wrap(ptm.Sum.pullback))
-    # The lowerings of the registered un-lowered families.
+    # The lowerings of private graphs (a region, in the expansion).
     lowerings = Counter()
     monkeypatch.setattr(
-        unlowered,
-        "_families",
-        [dataclasses.replace(f, lower=lowerings.wrap(f.lower)) for f in unlowered.families()],
+        lazy_rewriting, "_lower_unchecked", lowerings.wrap(lazy_rewriting._lower_unchecked)
     )
 
     x = px.xtensor("x", dims=("a", "b"), shape=(3, 4))
@@ -202,6 +201,25 @@ def test_no_lowering_rewrite_runs_inside_grad(monkeypatch):
 # ---------------------------------------------------------------------------
 # 3. The compiled gradient is fully lowered and equals the reference's
 # ---------------------------------------------------------------------------
+
+def test_grad_of_a_tensor_graph_does_not_import_xtensor(monkeypatch):
+    """Whether a node is un-lowered is asked of xtensor's classes only once
+    ``pytensor.xtensor`` is imported: ``grad`` of a tensor graph must not
+    import it (that registers its rewrites for every compilation)."""
+    for name in [name for name in sys.modules if name.startswith("pytensor.xtensor")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(
+        unlowered, "_xtensor_ops", functools.cache(unlowered._xtensor_ops.__wrapped__)
+    )
+    x = pt.vector("x")
+    cost = (pt.exp(x) * x).sum()
+    [g] = pt.grad(cost, [x])
+    jvp = pytensor.gradient.pushforward(pt.exp(x), x, pt.ones_like(x))
+    assert not [name for name in sys.modules if name.startswith("pytensor.xtensor")]
+    value = np.array([0.5, -1.0, 2.0])
+    np.testing.assert_allclose(g.eval({x: value}), np.exp(value) * (value + 1))
+    np.testing.assert_allclose(jvp.eval({x: value}), np.exp(value))
+
 
 @pytest.mark.parametrize("name", list(GRAPHS))
 def test_compiled_gradient_against_the_reference(name):
