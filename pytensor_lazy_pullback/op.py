@@ -61,15 +61,11 @@ class LazyPullback(LazyRegionOp):
     r"""The pullback (vector-Jacobian product) of a region, built at compile time.
 
     :func:`pytensor.grad` creates one `LazyPullback` for each region of
-    un-lowered nodes (for instance :mod:`pytensor.xtensor` Ops) that the
-    gradient passes through, instead of calling the pullback of every node.
-    The ``expand_lazy_pullback`` rewrite, which runs during compilation just
-    before the un-lowered Ops are lowered, lowers a private copy of the region
-    and replaces this node by the ordinary pullback of the lowered graph.
-
-    The inner graph (shown by :func:`pytensor.dprint`) is the region itself:
-    its inputs are the region's inputs and its outputs are the region's
-    outputs.
+    un-lowered nodes (:mod:`pytensor.xtensor` Ops) that the gradient passes
+    through.  The ``expand_lazy_pullback`` rewrite, first in
+    ``lower_xtensor``, replaces it by the ordinary pullback of a lowered
+    private copy of the region, its inner graph (shown by
+    :func:`pytensor.dprint`).
 
     Parameters
     ----------
@@ -207,11 +203,6 @@ def _tangent_type(var: Variable):
     return var.type.clone(dtype=config.floatX)
 
 
-def _float_dtype(var: Variable) -> str:
-    """`var`'s dtype if it is a float, else ``floatX`` (as ``_float_zeros_like`` chooses)."""
-    return var.type.dtype if var.type.dtype in float_dtypes else config.floatX
-
-
 def _zero_tangent(var: Variable) -> Variable:
     """A zero tangent for `var`, disconnected if it has no zeros (a non-tensor).
 
@@ -335,7 +326,7 @@ def lazy_ones_like(x):
         is_xtensor_variable(x)
         or any(var.owner is not None and is_unlowered(var.owner) for var in ancestors([x]))
     ):
-        dtype = _float_dtype(x)
+        dtype = x.type.dtype if x.type.dtype in float_dtypes else config.floatX
         return x.type.clone(dtype=dtype).filter_variable(constant(np.ones((), dtype=dtype)))
     return None
 
@@ -592,17 +583,11 @@ def _as_list(value):
 def _collapse(var_to_app_to_idx, grad_dict, regions: list[Region]):
     """Rewrite the variable-to-consumers map so each region is one stand-in node.
 
-    Each region becomes one real `Apply` of a `_RegionOp`, whose inputs are
-    the region's inputs and whose outputs are fresh variables, one per region
-    output (an output of the user's graph cannot be given another owner, and
-    the user's graph is left untouched).  Each fresh output gets the
-    consumers of the region output it stands for, and its cotangent in
-    `grad_dict` if one is given there (the cost's seed, ``known_grads``; in
-    place), so ``_populate_grad_dict`` gives both the same cotangent.  The
-    region output itself keeps its entry: a ``wrt`` variable is looked up by
-    itself.  (Such a variable with several consumers then has its cotangent
-    summed twice, once for itself and once for the stand-in's output, from
-    the same terms: two identical sums, which compilation merges.)
+    Each region becomes an `Apply` of a `_RegionOp` on the region's inputs,
+    with fresh outputs (the user's graph is left untouched).  Each fresh
+    output gets the consumers of the region output it stands for and its
+    given cotangent in `grad_dict` (in place); the region output keeps its
+    entry, as a ``wrt`` variable is looked up by itself.
     """
     stand_in_of = {}  # each region node -> the stand-in of its region
     fresh_of = {}  # each stand-in -> {region output: the stand-in's output for it}
@@ -638,16 +623,11 @@ def _collapse(var_to_app_to_idx, grad_dict, regions: list[Region]):
 
 
 class _RegionOp(Op):
-    """A region's forward computation, as one node of ``grad``'s bookkeeping.
+    """A region as one node of ``grad``'s bookkeeping (see `_collapse`).
 
-    :func:`collapse_regions` makes one `Apply` of it per region (see
-    `_collapse`), so that ``_populate_grad_dict`` asks it, like any node, for
-    its `connection_pattern` and its `pullback`: one `LazyPullback` of the
-    region, built without lowering.  The node is never part of a graph and
-    never compiled.
-
-    Its inputs are the region's inputs; its outputs are fresh variables of
-    the types of the region's outputs, in the same order.
+    ``_populate_grad_dict`` asks it, like any node, for its
+    `connection_pattern` and its `pullback`: one `LazyPullback` of the
+    region.  It is never part of a graph that is compiled.
     """
 
     def __init__(self, region: Region):
@@ -657,16 +637,8 @@ class _RegionOp(Op):
         return str(self.region)
 
     def make_node(self, *inputs: Variable) -> Apply:
-        region = self.region
-        if len(inputs) != len(region.inputs) or any(
-            inp.type != expected.type for inp, expected in zip(inputs, region.inputs)
-        ):
-            raise TypeError(
-                f"{self} takes {len(region.inputs)} input(s) of types "
-                f"{[var.type for var in region.inputs]}, got "
-                f"{[getattr(var, 'type', var) for var in inputs]}"
-            )
-        outputs = [out.type(name=out.name) for out in region.outputs]
+        # Only `_collapse` makes nodes, on the region's own inputs.
+        outputs = [out.type(name=out.name) for out in self.region.outputs]
         return Apply(self, list(inputs), outputs)
 
     def perform(self, node, inputs, output_storage):

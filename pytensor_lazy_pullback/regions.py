@@ -72,13 +72,9 @@ class Region:
     def connection_pattern(self) -> list[list[bool]]:
         """For each input, whether each output depends on it.
 
-        The answer of :func:`pytensor.graph.op.io_connection_pattern` for the
-        region's inputs and outputs (each node's ``connection_pattern``
-        honoured, an Op without one connecting everything), with one integer
-        of a bit per input for each variable where that function keeps a list
-        of one bool per input: O(variables x inputs) in time and memory, which a
-        region reading hundreds of inputs would pay at every ``pt.grad``.
-        `nodes` must be in topological order.
+        :func:`pytensor.graph.op.io_connection_pattern`'s answer, with a bit set
+        per variable where it keeps a list of bools (a region reading hundreds
+        of inputs would pay O(variables x inputs) at every ``grad``).
         """
         reach = {var: 1 << i for i, var in enumerate(self.inputs)}
         for node in self.nodes:

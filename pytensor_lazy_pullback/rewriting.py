@@ -85,7 +85,8 @@ def _expansion_error(err: Exception, node: Apply) -> LazyPullbackExpansionError:
     if isinstance(err, LazyPullbackExpansionError):
         return err  # from a nested expansion: already names its region
     if isinstance(node.op, LazyRegionOp):
-        kind = "pushforward" if isinstance(node.op, LazyPushforward) else "pullback"
+        # "pullback" or "pushforward"
+        kind = type(node.op).__name__.removeprefix("Lazy").lower()
         inputs = ", ".join(str(inp) for inp in node.inputs[: len(node.op.fgraph.inputs)])
         what = (
             f"the lazy {kind} of the region [{op_names(node.op.fgraph.toposort())}] "
@@ -139,12 +140,9 @@ def _lowered_pullback(
 ) -> tuple[list[Variable], dict[Variable, Variable]]:
     """The pullback of a `LazyPullback`'s lowered region, on the node's inputs.
 
-    A private copy of the region is lowered and differentiated (see
-    :func:`_pull_back_lowered_region`), then put onto the node's inputs.  If
-    `fgraph` computes the region's forward pass (its un-lowered nodes, as the
-    user built them), each forward output found there is also mapped to the
-    lowered copy the pullback is built on: replacing it lowers that part of
-    the forward pass once, shared with the pullback.
+    Where `fgraph` computes the region's forward outputs, they are also mapped
+    to the lowered copy the pullback is built on, so the forward pass is
+    lowered once, shared with the pullback.
     """
     op: LazyPullback = node.op
     inner = op.fgraph.unfreeze()
@@ -550,7 +548,6 @@ _EXPAND_ALL = graph_wide(expand_lazy_pullback)
 # move.  So, before any Scan rewrite, every such node is rebuilt with its inner
 # graph expanded and lowered, as "lower first, then grad" would have built it,
 # and the graph holding it is expanded and lowered at the same point.
-
 EXPAND_INNER_GRAPHS_POSITION = 0.04
 """Position of ``expand_inner_graphs`` in ``optdb``: after ``merge1`` (0) and
 ``inline_ofg_expansion`` (-0.01), so identical loops are merged and inlined

@@ -2,17 +2,11 @@
 
 Upstream home: ``pytensor/graph/lowering.py``.
 
-An un-lowered Op has no pullback of its own: a lowering rewrite replaces it
-by ordinary Ops first.  PyTensor has two kinds:
-
-* the :mod:`pytensor.xtensor` Ops, which the ``lower_xtensor`` rewrites lower;
-* the lazy derivatives themselves (subclasses of `LazyRegionOp`), which the
-  ``expand_lazy_pullback`` rewrite, first in ``lower_xtensor``, expands.
-
-The checks below look for xtensor classes only once :mod:`pytensor.xtensor`
-is imported: no graph holds its Ops or variables before, and
-:func:`pytensor.grad` of a tensor graph should not import it (importing it
-registers its rewrites).
+They are the :mod:`pytensor.xtensor` Ops, replaced by tensor Ops in
+``lower_xtensor``, and the lazy derivatives (`LazyRegionOp`), expanded there.
+The checks below ask for xtensor's classes only once :mod:`pytensor.xtensor`
+is imported: no graph holds its Ops before, and :func:`pytensor.grad` of a
+tensor graph should not import it (that registers its rewrites).
 """
 
 from __future__ import annotations

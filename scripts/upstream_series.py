@@ -368,7 +368,6 @@ node left unexpanded could not be run.
             "doc/library/xtensor/index.md:(module)",
             "pytensor/xtensor/rewriting/__init__.py:(module)",
             f"{GRADIENT}:_populate_grad_dict",
-            f"{GRADIENT}:_float_ones_like",
             f"{INDEXING}:Index.connection_pattern",
             f"{INDEXING}:IndexUpdate.connection_pattern",
             f"{SHAPE}:ExpandDims.connection_pattern",
@@ -428,6 +427,40 @@ such a cotangent was typed like its input (floatX for a discrete one).
         ),
     ),
     Step(
+        "expand-lazy-pullbacks",
+        "Add expand_lazy_pullbacks to inspect expanded derivatives",
+        """\
+A derivative built by `grad` holds `LazyPullback` nodes until it is
+compiled.  `expand_lazy_pullbacks` returns a copy with them expanded (and,
+with `lower=True`, every other XOp lowered), to inspect or compare what
+compilation will build without compiling it.
+""",
+        (
+            "rewriting:expand_lazy_pullbacks",
+            "rewriting:_expand_all",
+            "test_lazy_pullback_op.py:test_expansion_without_the_forward_pass_leaves_it_alone",
+        ),
+        earlier=(
+            (
+                "doc",
+                "{func}`~pytensor.tensor.rewriting.lazy_pullback.expand_lazy_pullbacks` returns\n"
+                "a copy of a derivative with its lazy nodes expanded, for inspection.\n\n",
+                "",
+            ),
+            (
+                "doc",
+                ".. autofunction:: pytensor.tensor.rewriting.lazy_pullback.expand_lazy_pullbacks\n\n",
+                "",
+            ),
+            (
+                "test_expansion_errors.py",
+                '    "expand_lazy_pullbacks": lambda x, g: expand_lazy_pullbacks(g),\n'
+                '    "expand_lazy_pullbacks_lower": lambda x, g: expand_lazy_pullbacks(g, lower=True),\n',
+                "",
+            ),
+        ),
+    ),
+    Step(
         "share-forward-pass",
         "Share the lowered forward pass with expanded pullbacks and inline Einsum",
         """\
@@ -455,6 +488,13 @@ than that of the graph lowered first.
                 "    forward = {}\n",
             ),
             ("rewriting", "    _inline_einsums(inner)\n", ""),
+            (
+                "rewriting",
+                "node's inputs.\n\n    Where `fgraph` computes the region's forward outputs, they are"
+                " also mapped\n    to the lowered copy the pullback is built on, so the forward pass"
+                " is\n    lowered once, shared with the pullback.\n",
+                "node's inputs.\n",
+            ),
         ),
     ),
     Step(
@@ -473,8 +513,13 @@ inner graph is compiled, the lowered forward pass would be recomputed in
 every iteration.  `expand_inner_graphs` rebuilds such Scans and
 OpFromGraphs with their inner graphs expanded and lowered before
 `scan_eqopt1`, whose push-out then moves the loop-invariant part out.
+The seed of a scalar cost computed by XOps is a constant 1, not
+`ones_like(cost)`, so the mapped gradient does not hold the forward pass
+just to shape a scalar.
 """,
         (
+            "op:lazy_ones_like",
+            f"{GRADIENT}:_float_ones_like",
             "regions:_join_derivatives",
             "regions:_convex",
             "regions:_pullback_defined",
@@ -526,6 +571,7 @@ get a linear `pushforward`.
 """,
         (
             "op:LazyPushforward",
+            "op:_zero_tangent",
             "op:_tangent_type",
             "op:pushforward_through_regions",
             "op:has_xtensor_variables",
@@ -563,11 +609,6 @@ get a linear `pushforward`.
                 "rewriting",
                 "@node_rewriter([LazyPullback, LazyPushforward])\n",
                 "@node_rewriter([LazyPullback])\n",
-            ),
-            (
-                "rewriting",
-                '        kind = "pushforward" if isinstance(node.op, LazyPushforward) else "pullback"\n',
-                '        kind = "pullback"\n',
             ),
         ),
     ),
