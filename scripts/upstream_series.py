@@ -438,7 +438,7 @@ compilation will build without compiling it.
         (
             "rewriting:expand_lazy_pullbacks",
             "rewriting:_expand_all",
-            "test_lazy_pullback_op.py:test_expansion_without_the_forward_pass_leaves_it_alone",
+            "test_lazy_pullback_op.py:test_expand_lazy_pullbacks_returns_an_expanded_copy",
         ),
         earlier=(
             (
@@ -514,12 +514,13 @@ every iteration.  `expand_inner_graphs` rebuilds such Scans and
 OpFromGraphs with their inner graphs expanded and lowered before
 `scan_eqopt1`, whose push-out then moves the loop-invariant part out.
 The seed of a scalar cost computed by XOps is a constant 1, not
-`ones_like(cost)`, so the mapped gradient does not hold the forward pass
-just to shape a scalar.
+`ones_like(cost)`, so a gradient (mapped by a Scan, or compiled alone)
+does not hold the forward pass just to shape a scalar.
 """,
         (
             "op:lazy_ones_like",
             f"{GRADIENT}:_float_ones_like",
+            "test_lazy_pullback_op.py:test_expansion_without_the_forward_pass_leaves_it_alone",
             "regions:_join_derivatives",
             "regions:_convex",
             "regions:_pullback_defined",

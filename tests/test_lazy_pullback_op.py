@@ -238,6 +238,27 @@ def test_compiled_gradient_against_the_reference(name):
         np.testing.assert_allclose(g, w, rtol=1e-7, atol=1e-10)
 
 
+@pytest.mark.parametrize("lower_all", [False, True], ids=["expand", "lower"])
+@pytest.mark.parametrize("name", list(GRAPHS))
+def test_expand_lazy_pullbacks_returns_an_expanded_copy(name, lower_all):
+    """No lazy node is left in the copy (nor any XOp with ``lower=True``); the
+    gradient it was made from still has its lazy nodes, and both compute the
+    reference's values."""
+    inputs, wrt, cost = GRAPHS[name]()
+    grads = pt.grad(cost, wrt)
+    expanded = expand_lazy_pullbacks(grads, lower=lower_all)
+    assert not lazy_nodes(expanded)
+    if lower_all:
+        assert not xop_nodes(graph_nodes(expanded))
+    assert lazy_nodes(grads)
+
+    [lowered] = lower([cost])
+    refs = pt.grad(lowered, wrt)
+    values = random_values(inputs)
+    assert_same_gradients(expanded, refs, inputs, values)
+    assert_same_gradients(grads, refs, inputs, values)
+
+
 @pytest.mark.parametrize("name", list(GRAPHS))
 def test_expansion_lowers_the_shared_forward_pass_once(name):
     """Expanding ``[cost, *grads]`` replaces the region's forward pass by the
