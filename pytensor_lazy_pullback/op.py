@@ -21,7 +21,7 @@ from functools import cached_property
 import numpy as np
 import pytensor.gradient as gradient
 from pytensor.compile.ops import view_op
-from pytensor.graph.basic import Apply, Variable
+from pytensor.graph.basic import Apply, Constant, Variable
 from pytensor.graph.fg import FrozenFunctionGraph
 from pytensor.graph.null_type import NullType
 from pytensor.graph.op import Op
@@ -29,10 +29,9 @@ from pytensor.gradient import DisconnectedType, disconnected_type, grad_undefine
 from pytensor.graph.replace import _vectorize_node, vectorize_graph
 from pytensor.graph.traversal import ancestors, applys_between, toposort, walk_toposort
 from pytensor import config
-from pytensor.scalar import upcast
 from pytensor.tensor.basic import constant
 from pytensor.tensor.extra_ops import broadcast_to
-from pytensor.tensor.type import TensorType, continuous_dtypes, float_dtypes
+from pytensor.tensor.type import TensorType, continuous_dtypes, discrete_dtypes, float_dtypes
 
 from pytensor_lazy_pullback.regions import Region, find_regions
 from pytensor_lazy_pullback.unlowered import (
@@ -94,51 +93,64 @@ class LazyPullback(LazyRegionOp):
     def _cotangent_dtypes(self, cotangent_types: tuple) -> list[str]:
         """The dtype of the cotangent of each input at a position of `wrt`.
 
-        PyTensor's chain rule does not cast a cotangent to its variable's
-        dtype: a ``float32`` input used in ``float64`` arithmetic (or read by
-        an Op whose pullback gives ``floatX`` zeros) gets a ``float64``
-        cotangent, and a discrete (integer or boolean) input gets whatever the
-        lowered Ops' pullbacks give it (a broadcast integer gets ``floatX``
-        zeros from its ``DimShuffle``, an addition passes on its output's
-        dtype...).  A floating-point input at least as wide as ``floatX``,
-        every floating-point variable of the region and every cotangent has
-        its own dtype.  For any other (mixed precision, discrete inputs), a
-        private copy of the region is lowered and pulled back here, when the
-        gradient is built, and the result kept for the node's other
-        instances.  Should that fail, the expansion raises the error with the
-        region named at compile time, and the cotangent is typed ``floatX``
-        meanwhile.
+        PyTensor's chain rule casts a variable's cotangent to its dtype before
+        pulling it back through the node that computed it, but not the sum of
+        the terms an input gets from the nodes reading it: a term has the
+        dtype its pullback gives (``floatX`` zeros from a comparison, ``trunc``
+        or the condition of ``where``; ``float64`` from the constants of
+        ``owens_t``'s; a cast's output dtype; a wider operand's...).  A
+        floating-point input gets its own dtype, decided without lowering,
+
+        * if it is an xtensor variable: once lowered, it is read only through
+          conversions, whose pullbacks pass on a cotangent cast to its dtype;
+        * or if it is ``float64``, as are ``floatX``, the cotangents and every
+          floating-point variable of the region: no term can be narrower
+          (nor wider).
+
+        For any other input (discrete, or a plain float input in other
+        precision), a private copy of the region is lowered and pulled back
+        here, when the gradient is built, and the result kept for the node's
+        other instances.  Should that fail, the expansion raises the error with
+        the region named at compile time, and the cotangent is typed
+        ``floatX`` meanwhile.
         """
         inner_inputs = self.fgraph.inputs
         dtypes = [inner_inputs[i].type.dtype for i in self.wrt]
-        widest = upcast(
-            config.floatX,
-            *self._region_float_dtypes,
-            *(
-                dtype
-                for dtype in (getattr(t, "dtype", None) for t in cotangent_types)
-                if dtype in continuous_dtypes
-            ),
+        all_float64 = (
+            config.floatX == "float64"
+            and self._region_float_dtypes <= {"float64"}
+            and all(
+                getattr(t, "dtype", "float64") in ("float64", *discrete_dtypes)
+                for t in cotangent_types
+            )
         )
-        if all(dtype in continuous_dtypes and upcast(dtype, widest) == dtype for dtype in dtypes):
+        if all(
+            dtype in float_dtypes
+            and (is_xtensor_variable(inner_inputs[i]) or (dtype == "float64" and all_float64))
+            for i, dtype in zip(self.wrt, dtypes, strict=True)
+        ):
             return dtypes
         cache = self.__dict__.setdefault("_lowered_cotangent_dtypes", {})
-        if cotangent_types not in cache:
+        key = (cotangent_types, config.floatX)
+        if key not in cache:
             from pytensor_lazy_pullback.rewriting import lowered_cotangent_dtypes
 
             try:
-                cache[cotangent_types] = lowered_cotangent_dtypes(self, cotangent_types)
+                cache[key] = lowered_cotangent_dtypes(self, cotangent_types)
             except Exception:
-                cache[cotangent_types] = [config.floatX] * len(dtypes)
-        return cache[cotangent_types]
+                cache[key] = [config.floatX] * len(dtypes)
+        return cache[key]
 
     @cached_property
     def _region_float_dtypes(self) -> frozenset[str]:
-        """The floating-point dtypes of the region's variables (the region is frozen)."""
+        """The floating-point dtypes of the region's variables but constants.
+
+        (A constant's dtype reaches a term only through a variable it makes.)
+        """
         return frozenset(
-            dtype
-            for dtype in (getattr(var.type, "dtype", None) for var in self.fgraph.variables)
-            if dtype in continuous_dtypes
+            var.type.dtype
+            for var in self.fgraph.variables
+            if not isinstance(var, Constant) and getattr(var.type, "dtype", None) in float_dtypes
         )
 
     def infer_shape(self, node, input_shapes):

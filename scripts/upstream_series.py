@@ -399,14 +399,19 @@ node left unexpanded could not be run.
         "lazy-pullback-cotangent-dtypes",
         "Give lazy cotangents of integer and mixed-precision inputs the reference's dtype",
         """\
-PyTensor's chain rule does not cast a cotangent to its variable's dtype:
-a float32 input used in float64 arithmetic gets a float64 cotangent, and
-an integer or boolean input whatever the lowered Ops' pullbacks give it
-(floatX zeros from a DimShuffle, its output's dtype from an addition).
-Only the lowered region knows, so for such inputs, and only for them,
+PyTensor's chain rule does not cast the sum of the terms an input gets to
+its dtype: a float32 input read by a comparison (floatX zeros) or in
+float64 arithmetic gets a float64 cotangent, and an integer or boolean
+input whatever the lowered Ops' pullbacks give it (floatX zeros from a
+DimShuffle, its output's dtype from an addition).  A float input keeps its
+dtype without lowering where that is certain: an xtensor input (read, once
+lowered, only through conversions, whose pullbacks pass on a cotangent
+cast to its dtype), or a float64 input of a region where floatX, the
+cotangents and every variable are float64.  For other inputs
 `LazyPullback.make_node` pulls back through a private lowered copy of the
-region to read the dtypes (cached per Op and cotangent types).  Before,
-such a cotangent was typed like its input (floatX for a discrete one).
+region to read the dtypes (cached per Op, cotangent types and floatX).
+Before, such a cotangent was typed like its input (floatX for a discrete
+one).
 """,
         (
             "op:LazyPullback._cotangent_dtypes",
@@ -537,6 +542,7 @@ does not hold the forward pass just to shape a scalar.
             "test_hessian.py",
             "test_inner_graphs.py",
             "test_expansion_errors.py:test_error_inside_a_scan_reaches_the_user",
+            "test_dtypes.py:test_hessian_has_the_references_dtype",
         ),
         earlier=(
             (
