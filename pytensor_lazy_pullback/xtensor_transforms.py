@@ -2,7 +2,7 @@
 
 Upstream home: ``pytensor/xtensor/vectorization_lazy.py`` (the lazy extension
 of ``vectorization.py``, as ``gradient_lazy.py`` is of ``gradient.py``).
-:func:`vectorize_expansion` is the xtensor family's vectorizer: PyTensor's
+:func:`vectorize_expansion` batches the expansion of a lazy derivative: PyTensor's
 ``vectorize_graph`` calls it for an expanded lazy derivative, or a graph of
 them, that holds conversions from batched tensors.
 """
