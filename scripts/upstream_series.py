@@ -354,8 +354,8 @@ known without lowering; cotangents are matched to their variable by dim
 name.  `pytensor.graph.lowering` says which Ops must be lowered first: the
 XOps and xtensor conversions, looked up only once `pytensor.xtensor` is
 imported, so `grad` of a tensor graph does not import it.  An expansion
-that fails raises a `LazyPullbackExpansionError`
-naming the region; as a `LoweringError` (new, in `pytensor.graph.lowering`)
+that fails raises a `LazyPullbackExpansionError` naming the region; as a
+`LoweringError` (new, in `pytensor.graph.lowering`),
 `SequentialGraphRewriter.apply` re-raises it as it does an
 `AssertionError` instead of logging it under `on_opt_error="warn"`: a lazy
 node left unexpanded could not be run.
