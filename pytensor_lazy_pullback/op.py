@@ -97,8 +97,8 @@ class LazyPullback(LazyRegionOp):
         pulling it back through the node that computed it, but not the sum of
         the terms an input gets from the nodes reading it: a term has the
         dtype its pullback gives (``floatX`` zeros from a comparison, ``trunc``
-        or the condition of ``where``; ``float64`` from the constants of
-        ``owens_t``'s; a cast's output dtype; a wider operand's...).  A
+        or the condition of ``where``; ``float64`` from the constants in
+        ``owens_t``'s pullback; a cast's output dtype; a wider operand's...).  A
         floating-point input gets its own dtype, decided without lowering,
 
         * if it is an xtensor variable: once lowered, it is read only through
