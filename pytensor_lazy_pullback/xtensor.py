@@ -1,4 +1,4 @@
-"""What the gradients of xtensor Ops need of them, and the expansion's place in ``lower_xtensor``.
+"""The xtensor side of lazy pullbacks: the expansion's place in ``lower_xtensor``, and what it needs.
 
 Upstream home: ``pytensor/xtensor/rewriting/lazy_pullback.py``; the methods
 below go on their classes (``Rename.pullback``, the ``connection_pattern`` of
@@ -7,7 +7,7 @@ below go on their classes (``Rename.pullback``, the ``connection_pattern`` of
 ``XTensorType.in_same_class``).
 
 Cotangents are aligned to their variable **by dim name**
-(:func:`align_xtensor_cotangent`).  ``expand_lazy_pullback`` and
+(``align_xtensor_cotangent``).  ``expand_lazy_pullback`` and
 ``expand_inner_graphs`` go first in ``lower_xtensor``.
 """
 
