@@ -1,4 +1,4 @@
-"""The xtensor side of lazy pullbacks: the expansion's place in ``lower_xtensor``, and what it needs.
+"""The xtensor side of lazy pullbacks, and their expansion's place in ``lower_xtensor``.
 
 Upstream home: ``pytensor/xtensor/rewriting/lazy_pullback.py``; the methods
 below go on their classes (``Rename.pullback``, the ``connection_pattern`` of
